@@ -1,0 +1,48 @@
+"""Argument helpers shared by the command modules: config files, overrides, workspace."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel
+
+from medcl.config import load_config
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE`` and repeatable ``--set key=value``."""
+    parser.add_argument("--config", type=Path, default=None, help="YAML config file")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (dotted, value parsed as YAML); repeatable",
+    )
+
+
+def add_workspace_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--workspace",
+        type=Path,
+        default=None,
+        help="workspace folder (default: $MEDCL_WORKSPACE or ./medcl-workspace)",
+    )
+
+
+def resolve_config(cls: type[C], args: argparse.Namespace, flags: Mapping[str, Any]) -> C:
+    """Defaults < ``--config`` file < ``--set`` overrides < explicit flags (those not ``None``)."""
+    values = {key: v for key, v in flags.items() if v is not None}
+    return load_config(cls, args.config, args.overrides, values)
+
+
+def print_summary(summary: Mapping[str, Any]) -> None:
+    """Print a nested summary as readable YAML."""
+    print(yaml.safe_dump(dict(summary), sort_keys=False, default_flow_style=None, width=100))

@@ -1,0 +1,1 @@
+"""The edges: readers and writers for volumes, slides and labelled image sets."""

@@ -1,0 +1,1 @@
+"""Adapters for public datasets in their native layout."""

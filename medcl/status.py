@@ -1,0 +1,66 @@
+"""What this installation can do: versions, optional backends, database reachability."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+import os
+from dataclasses import dataclass
+
+DEFAULT_DB_URL = "sqlite:///medcl-workspace/medcl.db"
+
+_COMPONENTS = (
+    "torch",
+    "monai",
+    "timm",
+    "open_clip_torch",
+    "nibabel",
+    "pydicom",
+    "openslide-python",
+    "openslide-bin",
+    "tiffslide",
+    "scikit-image",
+    "streamlit",
+    "sqlalchemy",
+)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the status report."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+def package_versions() -> list[Check]:
+    """Installed version of each component medcl builds on."""
+    out = []
+    for name in _COMPONENTS:
+        try:
+            out.append(Check(name, True, md.version(name)))
+        except md.PackageNotFoundError:
+            out.append(Check(name, False, "not installed"))
+    return out
+
+
+def database_url() -> str:
+    """``$MEDCL_DB_URL`` or the workspace's SQLite file."""
+    return os.environ.get("MEDCL_DB_URL", DEFAULT_DB_URL)
+
+
+def check_database(url: str | None = None, timeout_s: float = 3.0) -> Check:
+    """Connect to the review database and run ``SELECT 1``; never raises."""
+    url = url or database_url()
+    shown = url.split("@")[-1] if "@" in url else url  # never show credentials
+    try:
+        sqlalchemy = importlib.import_module("sqlalchemy")
+        args = {"connect_timeout": int(timeout_s)} if url.startswith("postgresql") else {}
+        engine = sqlalchemy.create_engine(url, connect_args=args)
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT 1"))
+        engine.dispose()
+        return Check("database", True, shown)
+    except Exception as exc:  # noqa: BLE001 - a status page reports any failure
+        return Check("database", False, f"{shown}: {type(exc).__name__}: {exc}".splitlines()[0])

@@ -1,0 +1,1 @@
+"""Volume transforms (MONAI), patch and stain augmentations, views."""

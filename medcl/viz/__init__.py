@@ -1,0 +1,1 @@
+"""Pictures people look at: previews, overlays, plots (matplotlib with the Agg backend)."""

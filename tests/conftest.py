@@ -1,0 +1,40 @@
+"""Shared fixtures: the real-data root and offline settings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def _data_root() -> Path | None:
+    value = os.environ.get("MEDCL_DATA")
+    if not value:
+        return None
+    root = Path(value)
+    return root if root.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """Root of the real sample data (``$MEDCL_DATA``); skips the test with a reason when absent."""
+    root = _data_root()
+    if root is None:
+        pytest.skip(
+            "real sample data not available: set MEDCL_DATA to the shared data folder "
+            "(.ci/run sets it to ../shared/data when that folder exists)"
+        )
+    return root
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _data_root() is not None:
+        return
+    reason = "MEDCL_DATA is not set or not a folder: real-data test skipped"
+    for item in items:
+        if "realdata" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=reason))
