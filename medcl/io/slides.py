@@ -1,0 +1,403 @@
+"""Whole-slide images (Aperio SVS, pyramidal TIFF, ...) through openslide or tiffslide.
+
+:func:`open_slide` returns a :class:`Slide`, one face over either backend: level geometry,
+microns per pixel (with where it came from), magnification, and regions as ``(h, w, 3)`` uint8
+RGB arrays with transparent or out-of-bounds pixels shown white. Every problem with the file
+becomes an :class:`~medcl.errors.InvalidInputError` naming it; openslide and tiffslide
+exceptions never escape.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Mapping
+from os import PathLike
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, cast
+
+import numpy as np
+from PIL import Image
+
+from medcl.errors import InvalidInputError
+
+logger = logging.getLogger(__name__)
+
+Backend = Literal["openslide", "tiffslide"]
+BACKENDS: tuple[str, ...] = ("auto", "openslide", "tiffslide")
+COMMON_MAGNIFICATIONS: tuple[float, ...] = (40.0, 20.0, 10.0, 5.0)
+NO_MPP_MESSAGE = "no microns-per-pixel in the slide metadata; pass --mpp to supply it"
+
+_APERIO_MPP = re.compile(r"(?:^|\|)\s*MPP\s*=\s*([0-9.eE+-]+)")
+_APERIO_MAG = re.compile(r"(?:^|\|)\s*AppMag\s*=\s*([0-9.eE+-]+)")
+_UNIT_MICRONS = {"centimeter": 1e4, "inch": 25400.0}
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:200]
+
+
+def _open_openslide(path: Path) -> Any:
+    import openslide
+
+    return openslide.OpenSlide(str(path))
+
+
+def _open_tiffslide(path: Path) -> Any:
+    import tiffslide
+
+    return tiffslide.TiffSlide(str(path))
+
+
+_OPENERS = {"openslide": _open_openslide, "tiffslide": _open_tiffslide}
+
+
+def _positive_float(value: object) -> float | None:
+    try:
+        number = float(str(value))
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+def nearest_magnification(mpp: float) -> float:
+    """Objective power matching ``mpp`` (10x ~ 1 um/px), snapped to 40/20/10/5 in log scale."""
+    raw = 10.0 / mpp
+    return min(COMMON_MAGNIFICATIONS, key=lambda mag: abs(math.log(raw / mag)))
+
+
+class Slide:
+    """An open whole-slide image; use :func:`open_slide` to make one.
+
+    Coordinates follow openslide: ``location`` is ``(x, y)`` in level-0 pixels, ``size`` is
+    ``(width, height)`` in pixels of the requested level; arrays come back ``(height, width, 3)``.
+    """
+
+    def __init__(
+        self, path: Path, handle: Any, backend: Backend, *, mpp_override: float | None = None
+    ) -> None:
+        self._path = path
+        self._handle = handle
+        self._backend: Backend = backend
+        self._closed = False
+        self._properties = {str(k): str(v) for k, v in handle.properties.items() if v is not None}
+        self._level_dimensions = [(int(w), int(h)) for w, h in handle.level_dimensions]
+        self._level_downsamples = [float(d) for d in handle.level_downsamples]
+        self._mpp, self._mpp_source = self._resolve_mpp(mpp_override)
+
+    # ------------------------------------------------------------------ metadata
+    def _resolve_mpp(self, override: float | None) -> tuple[float | None, str | None]:
+        props = self._properties
+        found: tuple[float, str] | None = None
+        backend_mpp = _positive_float(props.get(f"{self._backend}.mpp-x"))
+        description = props.get("tiff.ImageDescription", "")
+        aperio = _APERIO_MPP.search(description)
+        aperio_mpp = _positive_float(aperio.group(1)) if aperio else None
+        if backend_mpp is not None:
+            found = (backend_mpp, self._backend)
+        elif aperio_mpp is not None:
+            found = (aperio_mpp, "aperio-description")
+        else:
+            unit = props.get("tiff.ResolutionUnit", "").lower()
+            xres = _positive_float(props.get("tiff.XResolution"))
+            if unit in _UNIT_MICRONS and xres is not None:
+                mpp = _UNIT_MICRONS[unit] / xres
+                if mpp < 100.0:  # 72 dpi "screen" defaults are not a scan resolution
+                    found = (mpp, "tiff-resolution")
+        if found is not None:
+            if override is not None and abs(override - found[0]) > 0.05 * found[0]:
+                logger.warning(
+                    "%s: ignoring --mpp %.4g, the slide metadata (%s) says %.4g um/px",
+                    self._path,
+                    override,
+                    found[1],
+                    found[0],
+                )
+            return found
+        if override is not None:
+            return override, "override"
+        return None, None
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def backend(self) -> Backend:
+        return self._backend
+
+    @property
+    def properties(self) -> Mapping[str, str]:
+        """All backend properties as strings (``openslide.*``/``tiffslide.*``, ``aperio.*``...)."""
+        return self._properties
+
+    @property
+    def vendor(self) -> str | None:
+        return self._properties.get(f"{self._backend}.vendor")
+
+    @property
+    def level_count(self) -> int:
+        return len(self._level_dimensions)
+
+    @property
+    def level_dimensions(self) -> list[tuple[int, int]]:
+        """``(width, height)`` of every level, level 0 first."""
+        return list(self._level_dimensions)
+
+    @property
+    def level_downsamples(self) -> list[float]:
+        return list(self._level_downsamples)
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """``(width, height)`` of level 0."""
+        return self.level_dimensions[0]
+
+    @property
+    def mpp(self) -> float | None:
+        """Level-0 microns per pixel, or None when neither metadata nor override give it."""
+        return self._mpp
+
+    @property
+    def mpp_source(self) -> str | None:
+        """Where :attr:`mpp` came from: backend name, ``aperio-description``,
+        ``tiff-resolution`` or ``override`` (None without mpp)."""
+        return self._mpp_source
+
+    @property
+    def magnification(self) -> float | None:
+        """Objective power from the metadata, else derived from :attr:`mpp`, else None."""
+        props = self._properties
+        power = _positive_float(props.get(f"{self._backend}.objective-power"))
+        if power is None:
+            match = _APERIO_MAG.search(props.get("tiff.ImageDescription", ""))
+            power = _positive_float(match.group(1)) if match else None
+        if power is not None:
+            return power
+        return nearest_magnification(self._mpp) if self._mpp is not None else None
+
+    @property
+    def associated_images(self) -> dict[str, tuple[int, int]]:
+        """Names of the label / macro / thumbnail images with their ``(width, height)``."""
+        out: dict[str, tuple[int, int]] = {}
+        for name in self._handle.associated_images:
+            image = self._handle.associated_images[name]
+            out[str(name)] = (int(image.size[0]), int(image.size[1]))
+        return out
+
+    def level_mpp(self, level: int) -> float | None:
+        """Microns per pixel of ``level`` (None when the slide has no mpp)."""
+        self._check_level(level)
+        return None if self._mpp is None else self._mpp * self.level_downsamples[level]
+
+    def require_mpp(self) -> float:
+        """Level-0 mpp, or :class:`InvalidInputError` telling the user to pass ``--mpp``."""
+        if self._mpp is None:
+            raise InvalidInputError(self._path, NO_MPP_MESSAGE)
+        return self._mpp
+
+    def get_best_level_for_downsample(self, downsample: float) -> int:
+        """Highest-resolution level whose downsample does not exceed ``downsample``."""
+        if not downsample > 0:
+            raise ValueError(f"downsample must be positive, got {downsample}")
+        best = 0
+        for level, level_ds in enumerate(self.level_downsamples):
+            if level_ds <= downsample * (1 + 1e-6):
+                best = level
+        return best
+
+    # ------------------------------------------------------------------ pixels
+    def _check_level(self, level: int) -> None:
+        if not 0 <= level < self.level_count:
+            raise ValueError(
+                f"{self._path.name}: level {level} out of range (slide has "
+                f"{self.level_count} levels, 0..{self.level_count - 1})"
+            )
+
+    def _check_region(self, location: tuple[int, int], size: tuple[int, int]) -> None:
+        if self._closed:
+            raise ValueError(f"{self._path.name}: slide is closed")
+        if size[0] <= 0 or size[1] <= 0:
+            raise ValueError(f"{self._path.name}: region size must be positive, got {size}")
+        if location[0] < 0 or location[1] < 0:
+            raise ValueError(f"{self._path.name}: region location must be >= 0, got {location}")
+
+    def read_region(
+        self, location: tuple[int, int], level: int, size: tuple[int, int]
+    ) -> np.ndarray:
+        """Read a region as RGB.
+
+        Args:
+            location: ``(x, y)`` of the top-left corner in level-0 pixels.
+            level: pyramid level to read from.
+            size: ``(width, height)`` in pixels of ``level``.
+
+        Returns:
+            ``(height, width, 3)`` uint8 RGB; background outside the tissue scan or the image
+            bounds is white.
+        """
+        self._check_region(location, size)
+        self._check_level(level)
+        loc = (int(location[0]), int(location[1]))
+        wh = (int(size[0]), int(size[1]))
+        try:
+            if self._backend == "openslide":
+                rgba = np.asarray(self._handle.read_region(loc, level, wh))
+                return _composite_on_white(rgba)
+            rgb = np.asarray(self._handle.read_region(loc, level, wh, as_array=True))
+        except Exception as exc:  # any backend failure here means a damaged file
+            raise InvalidInputError(
+                self._path,
+                f"cannot read region {wh} at {loc} level {level} "
+                f"({self._backend}: {_one_line(exc)}); the file may be corrupted",
+            ) from exc
+        return self._whiten_outside(rgb[..., :3].astype(np.uint8, copy=False), loc, level)
+
+    def _whiten_outside(self, rgb: np.ndarray, location: tuple[int, int], level: int) -> np.ndarray:
+        # tiffslide pads out-of-bounds pixels black; openslide makes them transparent (white).
+        width, height = self.level_dimensions[level]
+        ds = self.level_downsamples[level]
+        x0 = math.floor(location[0] / ds)
+        y0 = math.floor(location[1] / ds)
+        inside_w = max(0, width - x0)
+        inside_h = max(0, height - y0)
+        if inside_w >= rgb.shape[1] and inside_h >= rgb.shape[0]:
+            return rgb
+        out = rgb.copy()
+        out[:, inside_w:] = 255
+        out[inside_h:, :] = 255
+        return out
+
+    def read_region_mpp(
+        self, location: tuple[int, int], mpp: float, size: tuple[int, int]
+    ) -> np.ndarray:
+        """Read ``size`` pixels at ``mpp`` microns per pixel, starting at level-0 ``location``.
+
+        Reads from the highest-resolution level not finer than needed (level mpp <= ``mpp``)
+        and resamples with a Lanczos filter (area-like when shrinking) to exactly ``size``.
+
+        Returns:
+            ``(height, width, 3)`` uint8 RGB covering ``size * mpp`` microns.
+        """
+        base = self.require_mpp()
+        if not mpp > 0:
+            raise ValueError(f"{self._path.name}: target mpp must be positive, got {mpp}")
+        self._check_region(location, size)
+        downsample = mpp / base
+        level = self.get_best_level_for_downsample(downsample)
+        scale = downsample / self.level_downsamples[level]  # >= 1 unless upsampling level 0
+        if abs(scale - 1.0) < 1e-3:
+            return self.read_region(location, level, size)
+        src_w = max(1, math.ceil(size[0] * scale - 1e-6))
+        src_h = max(1, math.ceil(size[1] * scale - 1e-6))
+        region = self.read_region(location, level, (src_w, src_h))
+        resized = Image.fromarray(region).resize(
+            (int(size[0]), int(size[1])),
+            Image.Resampling.LANCZOS,
+            box=(0.0, 0.0, size[0] * scale, size[1] * scale),
+        )
+        return np.asarray(resized)
+
+    def thumbnail(self, max_size: int = 1024) -> np.ndarray:
+        """Whole slide shrunk so its longer side is ``max_size`` (aspect kept), ``(h, w, 3)``.
+
+        Reads the lowest-resolution level that is still at least ``max_size`` on its longer
+        side (level 0 when none is), so a large pyramid is never read at full resolution.
+        """
+        if max_size <= 0:
+            raise ValueError(f"{self._path.name}: max_size must be positive, got {max_size}")
+        width, height = self.dimensions
+        scale = min(1.0, max_size / max(width, height))
+        target = (max(1, round(width * scale)), max(1, round(height * scale)))
+        level = 0
+        for candidate, (lw, lh) in enumerate(self.level_dimensions):
+            if lw >= target[0] and lh >= target[1]:
+                level = candidate
+        region = self.read_region((0, 0), level, self.level_dimensions[level])
+        if region.shape[1] == target[0] and region.shape[0] == target[1]:
+            return region
+        return np.asarray(Image.fromarray(region).resize(target, Image.Resampling.LANCZOS))
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        if not self._closed:
+            self._handle.close()
+            self._closed = True
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"Slide({self._path.name!r}, backend={self._backend!r}, "
+            f"dimensions={self.dimensions}, levels={self.level_count}, mpp={self._mpp})"
+        )
+
+
+def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
+    """``(h, w, 4)`` uint8 straight-alpha RGBA -> ``(h, w, 3)`` uint8 RGB over white."""
+    alpha = rgba[..., 3:4]
+    if alpha.min() == 255:
+        return np.ascontiguousarray(rgba[..., :3])
+    a = alpha.astype(np.float32) / 255.0
+    rgb = rgba[..., :3].astype(np.float32) * a + 255.0 * (1.0 - a)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def open_slide(
+    path: str | PathLike[str],
+    *,
+    backend: str = "auto",
+    mpp: float | None = None,
+) -> Slide:
+    """Open a whole-slide image.
+
+    Args:
+        path: slide file (SVS, pyramidal TIFF, NDPI, MRXS... whatever the backend reads).
+        backend: ``"openslide"``, ``"tiffslide"``, or ``"auto"`` (openslide, then tiffslide
+            when openslide cannot open the file).
+        mpp: microns per pixel to use when the slide metadata has none.
+
+    Raises:
+        InvalidInputError: the file is missing, empty, a folder, or no backend can read it.
+        ValueError: unknown ``backend`` or a non-positive ``mpp``.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown slide backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
+        raise ValueError(f"mpp must be a positive number of microns per pixel, got {mpp}")
+    file = Path(path)
+    if not file.exists():
+        raise InvalidInputError(file, "slide file not found")
+    if file.is_dir():
+        raise InvalidInputError(file, "is a folder, not a slide file")
+    if file.stat().st_size == 0:
+        raise InvalidInputError(file, "slide file is empty (0 bytes)")
+    names: list[Backend] = (
+        ["openslide", "tiffslide"] if backend == "auto" else [cast(Backend, backend)]
+    )
+    failures: list[str] = []
+    for name in names:
+        try:
+            handle = _OPENERS[name](file)
+        except Exception as exc:  # noqa: BLE001 - each backend raises its own zoo of errors
+            failures.append(f"{name}: {_one_line(exc)}")
+            continue
+        logger.info("%s: opened with %s", file, name)
+        try:
+            return Slide(file, handle, name, mpp_override=mpp)
+        except Exception as exc:  # noqa: BLE001 - metadata read failures mean a bad file
+            handle.close()
+            failures.append(f"{name}: {_one_line(exc)}")
+    raise InvalidInputError(file, f"not a readable slide ({'; '.join(failures)})")
