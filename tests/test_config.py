@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import Field
 
 from medcl.config import StrictModel, build_config, load_config, save_config
 from medcl.errors import ConfigError
@@ -20,7 +21,7 @@ class Job(StrictModel):
     name: str = "job"
     size: tuple[int, int] = (64, 64)
     optim: Optim = Optim()
-    tags: list[str] = []
+    tags: list[str] = Field(default_factory=list)
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -67,7 +68,7 @@ def test_bad_override_is_blamed_on_the_override(tmp_path: Path) -> None:
 
 
 def test_override_syntax_errors() -> None:
-    with pytest.raises(ConfigError, match="key.sub=value"):
+    with pytest.raises(ConfigError, match=r"key\.sub=value"):
         build_config(Job, {}, ["no-equals-sign"])
     with pytest.raises(ConfigError, match="not a section"):
         build_config(Job, {"name": "a"}, ["name.sub=1"])

@@ -28,7 +28,8 @@ def test_resolve_inside_refuses_symlink_out(tmp_path: Path) -> None:
 
 
 def test_settings_name_and_slug() -> None:
-    assert settings_name({"mag": 20, "px": 256, "overlap": 0, "skip": None}) == "mag20_px256_overlap0"
+    settings = {"mag": 20, "px": 256, "overlap": 0, "skip": None}
+    assert settings_name(settings) == "mag20_px256_overlap0"
     assert settings_name({"mpp": 0.50}) == "mpp0.5"
     assert slug("a b/c:d") == "a_b_c_d"
     assert slug("../..") == "item"

@@ -126,11 +126,11 @@ def _inspect_volume(cfg: InspectConfig, out_png: Path) -> dict[str, Any]:
 
 
 def _inspect_volume_folder(cfg: InspectConfig, out_png: Path) -> dict[str, Any]:
-    from medcl.io.datasets.volume_folders import discover_volumes
+    from medcl.io.datasets.volume_folders import find_volume_pairs
     from medcl.io.volumes import read_label, read_volume
     from medcl.viz.volumes import describe_volume, render_volume_preview
 
-    items = discover_volumes(cfg.path)
+    items = find_volume_pairs(cfg.path)
     if not items:
         raise InvalidInputError(cfg.path, "no volumes found in this folder")
     rows = []
