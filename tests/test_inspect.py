@@ -108,3 +108,32 @@ def test_inspect_real_slide_and_ham(data_root: Path, tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "h" / "summary.json").read_text())
     assert summary["kind"] == "images"
     _png_ok(tmp_path / "h" / "preview.png", min_side=300)
+
+
+def test_demo_yaml_matches_code_defaults() -> None:
+    from medcl.config import load_config
+    from medcl.jobs.demo import DemoConfig
+
+    shipped = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    assert load_config(DemoConfig, shipped) == DemoConfig()
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_demo_on_real_data(data_root: Path, tmp_path: Path) -> None:
+    from medcl.jobs.demo import DemoConfig, run_demo
+
+    results = run_demo(DemoConfig(), workspace=tmp_path, data_root=data_root)
+    assert [r.kind for r in results] == [
+        "volume",
+        "volume",
+        "volume",
+        "volumes",
+        "slide",
+        "slide",
+        "images",
+    ]
+    dicom = results[1].summary
+    assert dicom["shape"] == [512, 512, 20]
+    for r in results:
+        _png_ok(r.preview)

