@@ -1,0 +1,1 @@
+"""Models: encoders (by name), the UNet with contrastive taps, projection heads."""

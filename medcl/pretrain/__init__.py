@@ -1,0 +1,1 @@
+"""Contrastive pretraining: partition sampling, volume and patch pretraining, fine-tuning."""
