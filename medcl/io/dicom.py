@@ -101,6 +101,7 @@ def select_series(folder: str | Path, series_uid: str | None = None) -> DicomSer
     if len(found) > 1:
         raise InvalidInputError(
             folder,
-            f"folder holds {len(found)} DICOM series: {listing}; pass series_uid= to pick one",
+            f"folder holds {len(found)} DICOM series: {listing}; "
+            "pass series_uid= (--series-uid) to pick one",
         )
     return next(iter(found.values()))

@@ -126,7 +126,7 @@ def _pick_frame(
         return array[..., 0], {}
     if frame is None:
         raise InvalidInputError(
-            path, f"4D volume with {n} frames: pass frame=0..{n - 1} to pick one"
+            path, f"4D volume with {n} frames: pass frame=0..{n - 1} (--frame) to pick one"
         )
     if not -n <= frame < n:
         raise InvalidInputError(path, f"frame={frame} is out of range: the volume has {n} frames")

@@ -7,8 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from medcl.errors import AlignmentError, InvalidInputError
 from medcl.io.dicom import find_series
@@ -20,32 +19,12 @@ from medcl.io.volumes import (
     read_volume,
     save_volume,
 )
+from medcl.testing.volumes import write_dicom_slice
 
 
 def _nifti(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> Path:
     nib.save(nib.Nifti1Image(array, np.eye(4) if affine is None else affine), path)
     return path
-
-
-def _dicom_slice(path: Path, series_uid: str, index: int, pixels: np.ndarray) -> None:
-    """A minimal CT slice: origin (10, 20, 2*index) LPS, rows 0.7 mm apart, columns 0.5 mm."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.SeriesInstanceUID, ds.Modality, ds.InstanceNumber = series_uid, "CT", index + 1
-    ds.ImagePositionPatient = [10.0, 20.0, 2.0 * index]
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    ds.PixelSpacing, ds.SliceThickness = [0.7, 0.5], 2.0
-    ds.Rows, ds.Columns = pixels.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-    ds.PixelData = pixels.astype(np.int16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
 
 
 # ---------------------------------------------------------------- synthetic inputs
@@ -188,7 +167,7 @@ def test_dicom_series_is_read_with_ras_affine_and_notes_ignored(tmp_path: Path) 
     uid = generate_uid()
     slices = [np.arange(12, dtype=np.int16).reshape(3, 4) + 100 * k for k in range(3)]
     for k, pixels in enumerate(slices):
-        _dicom_slice(tmp_path / f"slice{k}.dcm", uid, k, pixels)
+        write_dicom_slice(tmp_path / f"slice{k}.dcm", uid, k, pixels)
     (tmp_path / "notes.txt").write_text("not DICOM")
     vol = read_volume(tmp_path)
     assert vol.shape == (4, 3, 3)  # (columns, rows, slices)
@@ -203,9 +182,9 @@ def test_dicom_series_is_read_with_ras_affine_and_notes_ignored(tmp_path: Path) 
 def test_dicom_folder_with_two_series_asks_for_series_uid(tmp_path: Path) -> None:
     uid_a, uid_b = generate_uid(), generate_uid()
     for k in range(3):
-        _dicom_slice(tmp_path / f"a{k}.dcm", uid_a, k, np.zeros((2, 2)))
+        write_dicom_slice(tmp_path / f"a{k}.dcm", uid_a, k, np.zeros((2, 2)))
     for k in range(2):
-        _dicom_slice(tmp_path / f"b{k}.dcm", uid_b, k, np.ones((2, 2)))
+        write_dicom_slice(tmp_path / f"b{k}.dcm", uid_b, k, np.ones((2, 2)))
     assert {u: len(s.files) for u, s in find_series(tmp_path).items()} == {uid_a: 3, uid_b: 2}
     with pytest.raises(
         InvalidInputError,
