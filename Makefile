@@ -8,6 +8,7 @@ STAMP  := $(VENV)/.medcl-installed
 TORCH  := torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 WORKERS ?= 2
+LINT_PATHS := $(wildcard medcl tests benchmarks app)
 
 export HF_HUB_OFFLINE := 1
 export MPLBACKEND := Agg
@@ -26,8 +27,8 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 lint: venv
-	$(BIN)/ruff check medcl tests benchmarks app
-	$(BIN)/ruff format --check medcl tests benchmarks app
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/hadolint docker/Dockerfile
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker/compose.yaml
 

@@ -1,0 +1,73 @@
+"""The training engine shared by every job: torchrun helpers, mixed precision, seeds, checkpoints,
+loggers and a compact resumable loop (:class:`~medcl.engine.trainer.Trainer`)."""
+
+from medcl.engine.checkpoint import (
+    SavedCheckpoint,
+    checkpoint_name,
+    file_sha256,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    read_checkpoint,
+    save_checkpoint,
+)
+from medcl.engine.distributed import (
+    DistInfo,
+    all_gather_object,
+    all_reduce_mean,
+    barrier,
+    cleanup,
+    gather_with_grad,
+    get_rank,
+    get_world_size,
+    init_distributed,
+    is_main_process,
+    resolve_device,
+    unwrap_model,
+    wrap_ddp,
+)
+from medcl.engine.loggers import CSVLogger, MetricLoggers, TensorBoardLogger, tensorboard_available
+from medcl.engine.precision import MixedPrecision, autocast_for, resolve_precision
+from medcl.engine.seed import get_rng_state, seed_everything, set_rng_state, worker_init_fn
+from medcl.engine.trainer import TrainConfig, Trainer, TrainSummary, supervised_step
+
+__all__ = [
+    "CSVLogger",
+    "DistInfo",
+    "MetricLoggers",
+    "MixedPrecision",
+    "SavedCheckpoint",
+    "TensorBoardLogger",
+    "TrainConfig",
+    "TrainSummary",
+    "Trainer",
+    "all_gather_object",
+    "all_reduce_mean",
+    "autocast_for",
+    "barrier",
+    "checkpoint_name",
+    "cleanup",
+    "file_sha256",
+    "gather_with_grad",
+    "get_rank",
+    "get_rng_state",
+    "get_world_size",
+    "init_distributed",
+    "is_main_process",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "prune_checkpoints",
+    "read_checkpoint",
+    "resolve_device",
+    "resolve_precision",
+    "save_checkpoint",
+    "seed_everything",
+    "set_rng_state",
+    "supervised_step",
+    "tensorboard_available",
+    "unwrap_model",
+    "worker_init_fn",
+    "wrap_ddp",
+]

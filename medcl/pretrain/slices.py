@@ -1,0 +1,266 @@
+"""Volumes as stacks of 2D slices: the paper's setting (Chaitanya et al. train a 2D UNet on slices).
+
+:func:`prepare_volume` turns a :class:`~medcl.io.volumes.Volume` (and its label) into an array of
+shape ``(Z, H, W)``: reoriented to RAS so that every volume runs inferior -> superior along ``Z``
+(partitions then mean the same anatomy in every volume), intensities normalised (CT window, MR
+percentiles) and each slice resized to a common ``(H, W)``. Labels are mapped to class indices
+``0..C`` (0 = background) by the configured class values. :func:`restore_prediction` maps a
+predicted ``(Z, H, W)`` mask back onto the input's voxel grid, so it can be saved with the input's
+affine.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from medcl.errors import InvalidInputError
+from medcl.io.volumes import Volume
+from medcl.transforms.volume import scale_percentiles, window_ct
+
+log = logging.getLogger(__name__)
+
+IntensityMode = Literal["auto", "ct", "mr"]
+OtherLabels = Literal["error", "background"]
+
+
+@dataclass
+class PreparedVolume:
+    """A volume ready for slice-wise training.
+
+    Attributes:
+        id: a name for logs and outputs (the file stem by default).
+        image: ``(Z, H, W)`` float32 in [0, 1], RAS, Z = inferior -> superior.
+        label: ``(Z, H, W)`` int64 class indices (0 = background), or ``None``.
+        modality: ``"ct"`` or ``"mr"`` (how the intensities were normalised).
+        affine: the input's ``(4, 4)`` affine (voxel -> RAS mm).
+        shape: the input's ``(X, Y, Z)`` shape.
+        path: the input file or folder.
+    """
+
+    id: str
+    image: np.ndarray
+    label: np.ndarray | None
+    modality: Literal["ct", "mr"]
+    affine: np.ndarray
+    shape: tuple[int, int, int]
+    path: str
+    meta: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def depth(self) -> int:
+        return int(self.image.shape[0])
+
+
+def guess_modality(vol: Volume) -> Literal["ct", "mr"]:
+    """``"ct"`` when the DICOM/BIDS modality says so or values reach below -200 (HU air)."""
+    tag = (vol.modality or "").lower()
+    if tag == "ct":
+        return "ct"
+    if tag in {"mr", "t1w", "t2w", "t2star", "flair"}:
+        return "mr"
+    return "ct" if float(np.min(vol.array)) < -200 else "mr"
+
+
+def map_labels(
+    label: np.ndarray,
+    class_values: Sequence[int] | None,
+    *,
+    other_labels: OtherLabels = "error",
+    source: str = "label",
+) -> np.ndarray:
+    """Map label values to class indices: ``class_values[i]`` -> ``i + 1``, the rest -> 0.
+
+    Args:
+        label: integer array of label values.
+        class_values: the label value of each named class, in class order; ``None`` keeps every
+            non-zero value present, in increasing order.
+        other_labels: what to do with a non-zero value not in ``class_values``: ``"error"``
+            (default: a label map with classes the config does not name is refused) or
+            ``"background"``.
+        source: file named in errors.
+
+    Raises:
+        InvalidInputError: a value not named while ``other_labels="error"``.
+    """
+    present = sorted(int(v) for v in np.unique(label) if v != 0)
+    values = present if class_values is None else [int(v) for v in class_values]
+    unknown = sorted(set(present) - set(values))
+    if unknown and other_labels == "error":
+        shown = ", ".join(map(str, unknown[:12])) + (" ..." if len(unknown) > 12 else "")
+        raise InvalidInputError(
+            source,
+            f"label map has values {shown} that the config's classes do not name; add them to "
+            "classes or set other_labels: background",
+        )
+    lut = np.zeros(max([*present, *values, 0]) + 1, dtype=np.int64)
+    for i, v in enumerate(values):
+        if v > 0:
+            lut[v] = i + 1
+    return lut[np.asarray(label, dtype=np.int64)]
+
+
+def _to_ras(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    ornt = nib.orientations.io_orientation(affine)
+    return np.asarray(nib.orientations.apply_orientation(array, ornt))
+
+
+def _from_ras(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    ornt = nib.orientations.io_orientation(affine)
+    back = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"), ornt)
+    return np.asarray(nib.orientations.apply_orientation(array, back))
+
+
+def _resize_stack(stack: np.ndarray, size: tuple[int, int], *, nearest: bool) -> np.ndarray:
+    """Resize ``(Z, H, W)`` slice-wise to ``(Z, *size)``."""
+    t = torch.from_numpy(np.ascontiguousarray(stack)).unsqueeze(1)
+    if nearest:
+        out = F.interpolate(t.float(), size=size, mode="nearest-exact")
+        return out.squeeze(1).to(torch.int64).numpy()
+    out = F.interpolate(t.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+    return out.squeeze(1).numpy().astype(np.float32)
+
+
+def prepare_volume(
+    image: Volume,
+    label: Volume | None = None,
+    *,
+    size: tuple[int, int] = (128, 128),
+    intensity: IntensityMode = "auto",
+    ct_window: tuple[float, float] = (-250.0, 250.0),
+    mr_percentiles: tuple[float, float] = (1.0, 99.0),
+    class_values: Sequence[int] | None = None,
+    other_labels: OtherLabels = "error",
+    volume_id: str | None = None,
+) -> PreparedVolume:
+    """Reorient to RAS, normalise, resize slices; the label gets class indices.
+
+    Returns:
+        :class:`PreparedVolume` with ``image`` and ``label`` of shape ``(Z, H, W)`` where
+        ``(H, W) = size`` and ``Z`` is the number of axial slices.
+    """
+    modality = guess_modality(image) if intensity == "auto" else intensity
+    arr = np.asarray(image.array, dtype=np.float32)
+    norm = window_ct(arr, ct_window) if modality == "ct" else scale_percentiles(arr, mr_percentiles)
+    ras = _to_ras(norm, image.affine)  # (X, Y, Z) in R, A, S order
+    # slice stack (Z, H, W): anterior at the top row, patient left -> right along the columns
+    stack = np.transpose(ras, (2, 1, 0))[:, ::-1, :]
+    prepared_label = None
+    if label is not None:
+        mapped = map_labels(
+            label.array, class_values, other_labels=other_labels, source=str(label.path)
+        )
+        lab = np.transpose(_to_ras(mapped, image.affine), (2, 1, 0))[:, ::-1, :]
+        prepared_label = _resize_stack(lab, size, nearest=True)
+    vid = volume_id or _stem(str(image.path))
+    return PreparedVolume(
+        id=vid,
+        image=_resize_stack(stack, size, nearest=False),
+        label=prepared_label,
+        modality=modality,
+        affine=np.asarray(image.affine, dtype=np.float64),
+        shape=tuple(int(s) for s in image.shape),  # type: ignore[arg-type]
+        path=str(image.path),
+    )
+
+
+def restore_prediction(pred: np.ndarray, prepared: PreparedVolume) -> np.ndarray:
+    """Map a ``(Z, H, W)`` class-index prediction back onto the input's ``(X, Y, Z)`` grid."""
+    ras_shape = nib.orientations.apply_orientation(
+        np.zeros(prepared.shape, dtype=np.uint8), nib.orientations.io_orientation(prepared.affine)
+    ).shape
+    x, y, _ = ras_shape
+    stack = _resize_stack(np.asarray(pred, dtype=np.int64), (y, x), nearest=True)
+    ras = np.transpose(stack[:, ::-1, :], (2, 1, 0))
+    return _from_ras(ras, prepared.affine).astype(np.uint8)
+
+
+def _stem(path: str) -> str:
+    name = path.rstrip("/").split("/")[-1]
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+class SliceViewsDataset(Dataset[dict[str, torch.Tensor]]):
+    """Slices of prepared volumes with two augmented views, for contrastive pretraining.
+
+    Item ``i`` is flat slice ``i`` of ``index`` (a :class:`~medcl.pretrain.partitions.SliceIndex`
+    over ``volumes`` in the same order) and returns ``{"view1": (1, H, W), "view2": (1, H, W),
+    "volume": (), "partition": ()}``.
+    """
+
+    def __init__(
+        self,
+        volumes: Sequence[PreparedVolume],
+        volume_of: np.ndarray,
+        slice_of: np.ndarray,
+        partition_of: np.ndarray,
+        views: object,
+    ) -> None:
+        self.volumes = list(volumes)
+        self.volume_of = volume_of
+        self.slice_of = slice_of
+        self.partition_of = partition_of
+        self.views = views
+
+    def __len__(self) -> int:
+        return len(self.volume_of)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        v, z = int(self.volume_of[i]), int(self.slice_of[i])
+        img = torch.from_numpy(self.volumes[v].image[z][None].copy())
+        v1, v2 = self.views({"image": img})  # type: ignore[operator]
+        return {
+            "view1": torch.as_tensor(v1["image"]).float(),
+            "view2": torch.as_tensor(v2["image"]).float(),
+            "volume": torch.tensor(v),
+            "partition": torch.tensor(int(self.partition_of[i])),
+        }
+
+
+class LabelledSliceDataset(Dataset[dict[str, torch.Tensor]]):
+    """Labelled slices ``(volume index, z)`` with an optional dictionary transform.
+
+    Returns ``{"image": (1, H, W) float, "label": (1, H, W) int64}``.
+    """
+
+    def __init__(
+        self,
+        volumes: Sequence[PreparedVolume],
+        slices: Sequence[tuple[int, int]],
+        transform: object | None = None,
+    ) -> None:
+        for v, _ in slices:
+            if volumes[v].label is None:
+                raise InvalidInputError(volumes[v].path, "volume has no label map")
+        self.volumes = list(volumes)
+        self.slices = list(slices)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        v, z = self.slices[i]
+        vol = self.volumes[v]
+        assert vol.label is not None
+        sample: Mapping[str, torch.Tensor] = {
+            "image": torch.from_numpy(vol.image[z][None].copy()),
+            "label": torch.from_numpy(vol.label[z][None].copy()),
+        }
+        if self.transform is not None:
+            sample = self.transform(dict(sample))  # type: ignore[operator]
+        return {
+            "image": torch.as_tensor(sample["image"]).float(),
+            "label": torch.as_tensor(sample["label"]).long(),
+        }
