@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from medcl import __version__
 from medcl.cli import data as data_cmd
 from medcl.cli import demo as demo_cmd
+from medcl.cli import evaluate as eval_cmd
+from medcl.cli import pretrain as pretrain_cmd
 from medcl.errors import MedclError
 from medcl.logging_utils import setup_logging
 
@@ -36,8 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     data_cmd.add_parser(sub)
+    pretrain_cmd.add_parser(sub)
+    eval_cmd.add_parser(sub)
     demo_cmd.add_parser(sub)
     return parser
+
+
+def _flush_denormals() -> None:
+    """Denormal floats in trained weights slow CPU inference 10-20x; treat them as zero."""
+    import torch
+
+    torch.set_flush_denormal(True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
+    _flush_denormals()
     func = getattr(args, "func", None)
     if func is None:
         # a group given without its sub-command prints that group's help

@@ -12,9 +12,9 @@ affine.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import nibabel as nib
 import numpy as np
@@ -194,9 +194,14 @@ def _stem(path: str) -> str:
 class SliceViewsDataset(Dataset[dict[str, torch.Tensor]]):
     """Slices of prepared volumes with two augmented views, for contrastive pretraining.
 
-    Item ``i`` is flat slice ``i`` of ``index`` (a :class:`~medcl.pretrain.partitions.SliceIndex`
-    over ``volumes`` in the same order) and returns ``{"view1": (1, H, W), "view2": (1, H, W),
-    "volume": (), "partition": ()}``.
+    Args:
+        volumes: the prepared volumes.
+        volume_of, slice_of, partition_of: ``(N,)`` arrays giving, for flat slice ``i``, its
+            volume (index into ``volumes``), slice and partition (a
+            :class:`~medcl.pretrain.partitions.SliceIndex`'s arrays).
+        views: ``{"ct": TwoViews, "mr": TwoViews}``: each slice uses its volume's modality.
+
+    Item ``i`` is ``{"view1": (1, H, W), "view2": (1, H, W), "volume": (), "partition": ()}``.
     """
 
     def __init__(
@@ -205,8 +210,11 @@ class SliceViewsDataset(Dataset[dict[str, torch.Tensor]]):
         volume_of: np.ndarray,
         slice_of: np.ndarray,
         partition_of: np.ndarray,
-        views: object,
+        views: Mapping[str, Callable[[dict[str, torch.Tensor]], tuple[dict[str, Any], ...]]],
     ) -> None:
+        missing = {v.modality for v in volumes} - set(views)
+        if missing:
+            raise ValueError(f"no view transform for modality {sorted(missing)}")
         self.volumes = list(volumes)
         self.volume_of = volume_of
         self.slice_of = slice_of
@@ -218,8 +226,9 @@ class SliceViewsDataset(Dataset[dict[str, torch.Tensor]]):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         v, z = int(self.volume_of[i]), int(self.slice_of[i])
-        img = torch.from_numpy(self.volumes[v].image[z][None].copy())
-        v1, v2 = self.views({"image": img})  # type: ignore[operator]
+        vol = self.volumes[v]
+        img = torch.from_numpy(vol.image[z][None].copy())
+        v1, v2 = self.views[vol.modality]({"image": img})
         return {
             "view1": torch.as_tensor(v1["image"]).float(),
             "view2": torch.as_tensor(v2["image"]).float(),

@@ -39,3 +39,45 @@ def write_dicom_slice(path: Path, series_uid: str, index: int, pixels: np.ndarra
     ds.PixelData = pixels.astype(np.int16).tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def write_synthetic_volumes(
+    folder: Path,
+    depths: tuple[int, ...] = (12, 16, 20),
+    *,
+    size: int = 64,
+    num_classes: int = 2,
+    spacing: tuple[float, float, float] = (1.5, 1.5, 3.0),
+    seed: int = 0,
+) -> list[tuple[Path, Path]]:
+    """Write CT-like volumes ``v{i}.nii.gz`` with label maps ``v{i}_seg.nii.gz``.
+
+    Each volume holds random spheres (MONAI's ``create_test_image_3d``) with labels
+    ``1..num_classes``; intensities are scaled to a HU-like range [-500, 500].
+
+    Returns:
+        ``(image, label)`` paths in the order of ``depths``.
+    """
+    import nibabel as nib
+    from monai.data import create_test_image_3d
+
+    folder.mkdir(parents=True, exist_ok=True)
+    affine = np.diag([*spacing, 1.0])
+    out = []
+    for i, depth in enumerate(depths):
+        img, seg = create_test_image_3d(
+            size,
+            size,
+            depth,
+            num_objs=6,
+            rad_max=max(3, min(size, depth) // 3),
+            rad_min=2,
+            num_seg_classes=num_classes,
+            noise_max=0.1,
+            random_state=np.random.RandomState(seed + i),
+        )
+        image, label = folder / f"v{i}.nii.gz", folder / f"v{i}_seg.nii.gz"
+        nib.save(nib.Nifti1Image((img * 1000 - 500).astype(np.int16), affine), image)
+        nib.save(nib.Nifti1Image(seg.astype(np.uint8), affine), label)
+        out.append((image, label))
+    return out
