@@ -84,3 +84,14 @@ def resolve_inside(root: str | Path, user_path: str | Path) -> Path:
     if target != base and base not in target.parents:
         raise InvalidInputError(user_path, f"path is outside the allowed folder {base}")
     return target
+
+
+def job_dir(
+    out_dir: str | Path | None, workspace: str | Path | None, stage: str, name: str
+) -> Path:
+    """A job's output folder: ``out_dir`` when given, else ``<workspace>/<stage>/<name>``."""
+    if out_dir:
+        path = Path(out_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return stage_dir(workspace_root(workspace), stage, name)

@@ -26,7 +26,6 @@ from typing import Any, Literal
 import nibabel as nib
 import numpy as np
 import torch
-from monai.data import get_track_meta, set_track_meta
 from monai.losses import DiceCELoss
 from pydantic import Field, field_validator
 from torch import nn
@@ -48,9 +47,10 @@ from medcl.pretrain.slices import (
 )
 from medcl.pretrain.volume_data import SliceDataConfig, VolumeSource, load_volumes, resolve_path
 from medcl.pretrain.weights import load_unet_weights, save_unet_weights
+from medcl.transforms import plain_tensors
 from medcl.transforms.views import geometric_transform, intensity_transform
 from medcl.workspace import data_root as resolve_data_root
-from medcl.workspace import stage_dir, workspace_root
+from medcl.workspace import job_dir
 
 log = logging.getLogger(__name__)
 
@@ -179,96 +179,96 @@ def run_finetune_seg(
     num_classes = len(d.classes) + 1
     model_cfg = cfg.model.model_copy(update={"out_channels": num_classes})
     info = init_distributed(cfg.train.device)
-    previous_meta = get_track_meta()
-    set_track_meta(False)  # plain tensors: MONAI's metadata tracking made views 10x slower
     try:
-        out_dir = (
-            Path(cfg.out_dir)
-            if cfg.out_dir
-            else stage_dir(workspace or workspace_root(), "finetune_seg", cfg.name)
-        )
-        if info.is_main:
-            save_config(cfg, out_dir)
-        seed_everything(cfg.train.seed)
-        values = list(d.classes.values())
-        root = d.root or data_root or resolve_data_root()
-        train_vols = load_volumes(
-            d,
-            d.train,
-            data_root=root,
-            class_values=values,
-            other_labels=d.other_labels,
-            progress=False,
-        )
-        slices = choose_train_slices(train_vols, d.train_slices)
-        log.info("training on %d labelled slices of %d volumes", len(slices), len(train_vols))
-        modality = train_vols[0].modality
-        dataset = LabelledSliceDataset(train_vols, slices, _transform(cfg, modality))
-        generator = torch.Generator().manual_seed(cfg.train.seed + info.rank)
-        sampler = RandomSampler(
-            dataset, replacement=True, num_samples=cfg.batch_size * 10_000, generator=generator
-        )
-        loader = DataLoader(
-            dataset,
-            batch_size=cfg.batch_size,
-            sampler=sampler,
-            num_workers=d.num_workers,
-            worker_init_fn=worker_init_fn if d.num_workers else None,
-        )
-        torch.manual_seed(cfg.train.seed)
-        model = UNet(model_cfg)
-        provenance: dict[str, Any] = {"init": "random"}
-        if cfg.init != "random":
-            provenance = load_unet_weights(model, Path(cfg.init), cfg.init_parts)
-            log.info("initialised %s from %s", cfg.init_parts, cfg.init)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        steps = cfg.train.max_steps or 1
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-        Trainer(
-            model,
-            optimizer,
-            _SegStep(),
-            loader,
-            cfg.train,
-            out_dir / "train",
-            scheduler=scheduler,
-            dist_info=info,
-            config=cfg.model_dump(mode="json"),
-            arch="unet2d",
-        ).fit()
-        model.to("cpu")
-        if not info.is_main:
-            return FinetuneResult(out_dir, math.nan, {}, [])
-        names = list(d.classes)
-        save_unet_weights(model, out_dir / "model.pt", {"classes": d.classes, "init": provenance})
-        (out_dir / "classes.json").write_text(
-            json.dumps(
-                {"0": "background", **{str(i + 1): n for i, n in enumerate(names)}}, indent=2
+        with plain_tensors():
+            out_dir = job_dir(cfg.out_dir, workspace, "finetune_seg", cfg.name)
+            if info.is_main:
+                save_config(cfg, out_dir)
+            seed_everything(cfg.train.seed)
+            values = list(d.classes.values())
+            root = d.root or data_root or resolve_data_root()
+            train_vols = load_volumes(
+                d,
+                d.train,
+                data_root=root,
+                class_values=values,
+                other_labels=d.other_labels,
+                progress=False,
             )
-        )
-        used = {(train_vols[v].path, z) for v, z in slices}
-        rows, per_volume = _evaluate(cfg, model, root, values, names, used, out_dir)
-        class_dice = {
-            n: float(np.nanmean([r[n] for r in per_volume])) if per_volume else math.nan
-            for n in names
-        }
-        mean = float(np.nanmean(list(class_dice.values())))
-        metrics = {
-            "mean_dice": mean,
-            "class_dice": class_dice,
-            "volumes": per_volume,
-            "train_slices": [(train_vols[v].id, z) for v, z in slices],
-            "init": provenance,
-        }
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
-        with (out_dir / "dice.csv").open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["volume", "class", "dice"])
-            writer.writerows(rows)
-        log.info("mean Dice %.4f over %d test volumes", mean, len(per_volume))
-        return FinetuneResult(out_dir, mean, class_dice, [(train_vols[v].id, z) for v, z in slices])
+            slices = choose_train_slices(train_vols, d.train_slices)
+            log.info("training on %d labelled slices of %d volumes", len(slices), len(train_vols))
+            modality = train_vols[0].modality
+            dataset = LabelledSliceDataset(train_vols, slices, _transform(cfg, modality))
+            generator = torch.Generator().manual_seed(cfg.train.seed + info.rank)
+            sampler = RandomSampler(
+                dataset, replacement=True, num_samples=cfg.batch_size * 10_000, generator=generator
+            )
+            loader = DataLoader(
+                dataset,
+                batch_size=cfg.batch_size,
+                sampler=sampler,
+                num_workers=d.num_workers,
+                worker_init_fn=worker_init_fn if d.num_workers else None,
+            )
+            torch.manual_seed(cfg.train.seed)
+            model = UNet(model_cfg)
+            provenance: dict[str, Any] = {"init": "random"}
+            if cfg.init != "random":
+                provenance = load_unet_weights(model, Path(cfg.init), cfg.init_parts)
+                log.info("initialised %s from %s", cfg.init_parts, cfg.init)
+            optimizer = torch.optim.AdamW(
+                model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+            )
+            steps = cfg.train.max_steps or 1
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+            Trainer(
+                model,
+                optimizer,
+                _SegStep(),
+                loader,
+                cfg.train,
+                out_dir / "train",
+                scheduler=scheduler,
+                dist_info=info,
+                config=cfg.model_dump(mode="json"),
+                arch="unet2d",
+            ).fit()
+            model.to("cpu")
+            if not info.is_main:
+                return FinetuneResult(out_dir, math.nan, {}, [])
+            names = list(d.classes)
+            save_unet_weights(
+                model, out_dir / "model.pt", {"classes": d.classes, "init": provenance}
+            )
+            (out_dir / "classes.json").write_text(
+                json.dumps(
+                    {"0": "background", **{str(i + 1): n for i, n in enumerate(names)}}, indent=2
+                )
+            )
+            used = {(train_vols[v].path, z) for v, z in slices}
+            rows, per_volume = _evaluate(cfg, model, root, values, names, used, out_dir)
+            class_dice = {
+                n: float(np.nanmean([r[n] for r in per_volume])) if per_volume else math.nan
+                for n in names
+            }
+            mean = float(np.nanmean(list(class_dice.values())))
+            metrics = {
+                "mean_dice": mean,
+                "class_dice": class_dice,
+                "volumes": per_volume,
+                "train_slices": [(train_vols[v].id, z) for v, z in slices],
+                "init": provenance,
+            }
+            (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+            with (out_dir / "dice.csv").open("w", newline="") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(["volume", "class", "dice"])
+                writer.writerows(rows)
+            log.info("mean Dice %.4f over %d test volumes", mean, len(per_volume))
+            return FinetuneResult(
+                out_dir, mean, class_dice, [(train_vols[v].id, z) for v, z in slices]
+            )
     finally:
-        set_track_meta(previous_meta)
         cleanup()
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from monai.data import get_track_meta, set_track_meta
 from pydantic import Field
 from torch import nn
 from torch.utils.data import DataLoader
@@ -35,13 +34,14 @@ from medcl.pretrain.partitions import PartitionBatchSampler, SliceIndex
 from medcl.pretrain.slices import PreparedVolume, SliceViewsDataset
 from medcl.pretrain.volume_data import PretrainDataConfig, load_volumes
 from medcl.pretrain.weights import save_unet_weights
+from medcl.transforms import plain_tensors
 from medcl.transforms.views import (
     TwoViews,
     geometric_transform,
     global_view_transform,
     local_view_transform,
 )
-from medcl.workspace import stage_dir, workspace_root
+from medcl.workspace import job_dir
 
 log = logging.getLogger(__name__)
 
@@ -231,90 +231,89 @@ def run_pretrain_volume(
             f"the UNet has {len(cfg.model.channels) - 1} decoder blocks",
         )
     info = init_distributed(cfg.train.device)
-    previous_meta = get_track_meta()
-    set_track_meta(False)  # plain tensors: MONAI's metadata tracking made views 10x slower
     try:
-        out_dir = (
-            Path(cfg.out_dir)
-            if cfg.out_dir
-            else stage_dir(workspace or workspace_root(), "pretrain_volume", cfg.name)
-        )
-        if info.is_main:
-            save_config(cfg, out_dir)
-        seed_everything(cfg.train.seed)
-        volumes = load_volumes(
-            cfg.data,
-            cfg.data.volumes,
-            data_root=data_root,
-            with_labels=False,
-            progress=info.is_main and cfg.train.progress,
-        )
-        # partition_of_slices refuses S > depth with the volume's name (a clear error)
-        SliceIndex([(v.id, v.depth) for v in volumes], S=cfg.partitions)
-        torch.manual_seed(cfg.train.seed)
-        model = UNet(cfg.model)
-        g_loss = l_loss = None
-        gs = cfg.global_stage
-        if gs.loss != "none" and gs.steps > 0:
-            loader = _loader(
-                cfg, volumes, volumes_per_batch=gs.volumes_per_batch, local=False, info=info
+        with plain_tensors():
+            out_dir = job_dir(cfg.out_dir, workspace, "pretrain_volume", cfg.name)
+            if info.is_main:
+                save_config(cfg, out_dir)
+            seed_everything(cfg.train.seed)
+            volumes = load_volumes(
+                cfg.data,
+                cfg.data.volumes,
+                data_root=data_root,
+                with_labels=False,
+                progress=info.is_main and cfg.train.progress,
             )
-            params = [*model.encoder_parameters(), *model.global_head.parameters()]
-            g_loss = _run_stage(
-                "global",
-                _Tap(model, "forward_global"),
-                params,
-                _GlobalStep(create_global_loss(gs.loss, temperature=gs.temperature)),
-                loader,
-                cfg,
-                gs.steps,
-                gs.lr,
-                gs.weight_decay,
-                out_dir,
-                info,
-            )
-        ls = cfg.local_stage
-        if ls.enabled and ls.steps > 0:
-            model.freeze_encoder(True)
-            loader = _loader(
-                cfg, volumes, volumes_per_batch=ls.volumes_per_batch, local=True, info=info
-            )
-            params = [
-                *model.decoder_parameters(ls.decoder_depth),
-                *model.local_heads[str(ls.decoder_depth)].parameters(),
-            ]
-            loss = LocalContrastiveLoss(
-                region_size=ls.region_size,
-                num_regions=ls.num_regions,
-                temperature=ls.temperature,
-                domain=ls.domain,
-                chunk_size=ls.chunk_size,
-            )
-            l_loss = _run_stage(
-                "local",
-                _Tap(model, "forward_local"),
-                params,
-                _LocalStep(loss, ls.decoder_depth),
-                loader,
-                cfg,
-                ls.steps,
-                ls.lr,
-                ls.weight_decay,
-                out_dir,
-                info,
-            )
-            model.freeze_encoder(False)
-        weights = out_dir / "pretrained.pt"
-        if info.is_main:
-            method: str = gs.loss if gs.steps > 0 else "none"
+            # partition_of_slices refuses S > depth with the volume's name (a clear error)
+            SliceIndex([(v.id, v.depth) for v in volumes], S=cfg.partitions)
+            torch.manual_seed(cfg.train.seed)
+            model = UNet(cfg.model)
+            g_loss = l_loss = None
+            gs = cfg.global_stage
+            if gs.loss != "none" and gs.steps > 0:
+                loader = _loader(
+                    cfg, volumes, volumes_per_batch=gs.volumes_per_batch, local=False, info=info
+                )
+                params = [*model.encoder_parameters(), *model.global_head.parameters()]
+                g_loss = _run_stage(
+                    "global",
+                    _Tap(model, "forward_global"),
+                    params,
+                    _GlobalStep(create_global_loss(gs.loss, temperature=gs.temperature)),
+                    loader,
+                    cfg,
+                    gs.steps,
+                    gs.lr,
+                    gs.weight_decay,
+                    out_dir,
+                    info,
+                )
+            ls = cfg.local_stage
             if ls.enabled and ls.steps > 0:
-                method += "+local" + ("-domain" if ls.domain else "")
-            save_unet_weights(
-                model,
-                weights,
-                {"method": method, "global_loss": g_loss, "local_loss": l_loss, "name": cfg.name},
-            )
-        return PretrainResult(out_dir, weights, g_loss, l_loss)
+                model.freeze_encoder(True)
+                loader = _loader(
+                    cfg, volumes, volumes_per_batch=ls.volumes_per_batch, local=True, info=info
+                )
+                params = [
+                    *model.decoder_parameters(ls.decoder_depth),
+                    *model.local_heads[str(ls.decoder_depth)].parameters(),
+                ]
+                loss = LocalContrastiveLoss(
+                    region_size=ls.region_size,
+                    num_regions=ls.num_regions,
+                    temperature=ls.temperature,
+                    domain=ls.domain,
+                    chunk_size=ls.chunk_size,
+                )
+                l_loss = _run_stage(
+                    "local",
+                    _Tap(model, "forward_local"),
+                    params,
+                    _LocalStep(loss, ls.decoder_depth),
+                    loader,
+                    cfg,
+                    ls.steps,
+                    ls.lr,
+                    ls.weight_decay,
+                    out_dir,
+                    info,
+                )
+                model.freeze_encoder(False)
+            weights = out_dir / "pretrained.pt"
+            if info.is_main:
+                method: str = gs.loss if gs.steps > 0 else "none"
+                if ls.enabled and ls.steps > 0:
+                    method += "+local" + ("-domain" if ls.domain else "")
+                save_unet_weights(
+                    model,
+                    weights,
+                    {
+                        "method": method,
+                        "global_loss": g_loss,
+                        "local_loss": l_loss,
+                        "name": cfg.name,
+                    },
+                )
+            return PretrainResult(out_dir, weights, g_loss, l_loss)
     finally:
-        set_track_meta(previous_meta)
         cleanup()
