@@ -33,6 +33,40 @@ def add_parser(sub: Any) -> None:
     add_workspace_arg(p)
     p.set_defaults(func=_volume_ssl)
 
+    pr = cmds.add_parser(
+        "probe",
+        help="k-NN and linear-probe (balanced) accuracy of frozen encoders",
+        description="Probe each encoder on the test part of a group-aware split.",
+    )
+    pr.add_argument(
+        "--encoder",
+        dest="encoders",
+        action="append",
+        default=None,
+        help="registry name (repeatable), e.g. timm:resnet18 or medcl:encoder.pt",
+    )
+    pr.add_argument("--data-root", type=Path, default=None, help="folder relative paths use")
+    pr.add_argument("--out", dest="out_dir", type=Path, default=None, help="output folder")
+    add_config_args(pr)
+    add_workspace_arg(pr)
+    pr.set_defaults(func=_probe)
+
+    ps = cmds.add_parser(
+        "patch-ssl",
+        help="random init vs SimCLR vs SupCon, k-NN and linear probe over seeds",
+    )
+    ps.add_argument("--data-root", type=Path, default=None, help="folder relative paths use")
+    ps.add_argument(
+        "--readme",
+        type=Path,
+        default=None,
+        help="write the table into this README between the patch-ssl markers",
+    )
+    ps.add_argument("--out", dest="out_dir", type=Path, default=None, help="output folder")
+    add_config_args(ps)
+    add_workspace_arg(ps)
+    ps.set_defaults(func=_patch_ssl)
+
 
 def _volume_ssl(args: argparse.Namespace) -> int:
     from medcl.pretrain.evaluate import VolumeSSLEvalConfig, run_volume_ssl_eval
@@ -40,6 +74,30 @@ def _volume_ssl(args: argparse.Namespace) -> int:
 
     cfg = resolve_config(VolumeSSLEvalConfig, args, {"out_dir": args.out_dir})
     _, table = run_volume_ssl_eval(
+        cfg, workspace=args.workspace, data_root=data_root(args.data_root), readme=args.readme
+    )
+    print(table)
+    return 0
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from medcl.pretrain.probe_job import ProbeConfig, run_probe
+    from medcl.workspace import data_root
+
+    cfg = resolve_config(ProbeConfig, args, {"out_dir": args.out_dir, "encoders": args.encoders})
+    rows = run_probe(cfg, workspace=args.workspace, data_root=data_root(args.data_root))
+    print(f"{'encoder':40} {'kNN bal.acc':>12} {'linear bal.acc':>15}")
+    for r in rows:
+        print(f"{r.encoder:40} {r.knn_balanced_accuracy:12.3f} {r.linear_balanced_accuracy:15.3f}")
+    return 0
+
+
+def _patch_ssl(args: argparse.Namespace) -> int:
+    from medcl.pretrain.patch_eval import PatchSSLEvalConfig, run_patch_ssl_eval
+    from medcl.workspace import data_root
+
+    cfg = resolve_config(PatchSSLEvalConfig, args, {"out_dir": args.out_dir})
+    _, table = run_patch_ssl_eval(
         cfg, workspace=args.workspace, data_root=data_root(args.data_root), readme=args.readme
     )
     print(table)

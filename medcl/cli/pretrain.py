@@ -10,7 +10,7 @@ from medcl.cli.common import add_config_args, add_workspace_arg, resolve_config
 
 
 def add_parser(sub: Any) -> None:
-    pre = sub.add_parser("pretrain", help="contrastive pretraining (volumes)")
+    pre = sub.add_parser("pretrain", help="contrastive pretraining (volumes, patches)")
     pre.set_defaults(group_parser=pre)
     pre_cmds = pre.add_subparsers(dest="pretrain_command", metavar="COMMAND")
     p = pre_cmds.add_parser(
@@ -28,6 +28,22 @@ def add_parser(sub: Any) -> None:
     add_config_args(p)
     add_workspace_arg(p)
     p.set_defaults(func=_pretrain_volume)
+
+    pp = pre_cmds.add_parser(
+        "patch",
+        help="SimCLR / SupCon pretraining of a registry encoder on 2D patches",
+        description=(
+            "Pretrain any registry encoder (timm:, open_clip:, monai:, medcl:) with NT-Xent "
+            "(SimCLR) or SupCon on a manifest, HAM10000, Camelyon17-WILDS or class folders (the "
+            "train part of a group split), or on the tissue tiles of a slide (source: slide). "
+            "Writes encoder.pt, loadable as medcl:<path>; resumes after a kill."
+        ),
+    )
+    pp.add_argument("--data-root", type=Path, default=None, help="folder relative paths use")
+    pp.add_argument("--out", dest="out_dir", type=Path, default=None, help="output folder")
+    add_config_args(pp)
+    add_workspace_arg(pp)
+    pp.set_defaults(func=_pretrain_patch)
 
     ft = sub.add_parser("finetune", help="fine-tune pretrained models with few labels")
     ft.set_defaults(group_parser=ft)
@@ -56,6 +72,16 @@ def _pretrain_volume(args: argparse.Namespace) -> int:
     res = run_pretrain_volume(cfg, workspace=args.workspace, data_root=args.data_root)
     print(f"global loss: {res.global_loss}  local loss: {res.local_loss}")
     print(f"weights: {res.weights}")
+    return 0
+
+
+def _pretrain_patch(args: argparse.Namespace) -> int:
+    from medcl.pretrain.patch import PatchPretrainConfig, run_pretrain_patch
+
+    cfg = resolve_config(PatchPretrainConfig, args, {"out_dir": args.out_dir})
+    res = run_pretrain_patch(cfg, workspace=args.workspace, data_root=args.data_root)
+    print(f"{res.num_images} images, last loss {res.last_loss:.4f}")
+    print(f"encoder: {res.encoder}  (create_encoder('medcl:{res.encoder}'))")
     return 0
 
 

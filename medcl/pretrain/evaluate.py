@@ -187,16 +187,17 @@ def _plot(rows: list[EvalRow], tasks: list[str], methods: list[str], path: Path)
     plt.close(fig)
 
 
-def update_readme(readme: Path, table: str, note: str) -> None:
-    """Replace the text between the README's volume-ssl markers with ``note`` and ``table``."""
+def update_readme(
+    readme: Path, table: str, note: str, markers: tuple[str, str] = (README_START, README_END)
+) -> None:
+    """Replace the text between the README's ``markers`` with ``note`` and ``table``."""
+    begin, finish = markers
     text = readme.read_text(encoding="utf-8")
-    if README_START not in text or README_END not in text:
-        raise ValueError(f"{readme}: markers {README_START} / {README_END} not found")
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    readme.write_text(
-        f"{head}{README_START}\n{note}\n\n{table}{README_END}{tail}", encoding="utf-8"
-    )
+    if begin not in text or finish not in text:
+        raise ValueError(f"{readme}: markers {begin} / {finish} not found")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(finish, 1)
+    readme.write_text(f"{head}{begin}\n{note}\n\n{table}{finish}{tail}", encoding="utf-8")
 
 
 def run_volume_ssl_eval(

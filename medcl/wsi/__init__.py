@@ -1,0 +1,1 @@
+"""Whole-slide pipeline: tissue detection, tiling, features, resumable jobs."""
