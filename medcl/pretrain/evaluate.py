@@ -79,6 +79,7 @@ class EvalRow:
     mean_dice: float
     class_dice: dict[str, float]
     seconds: float
+    fresh: bool = True
 
 
 def _pretrain(
@@ -133,6 +134,7 @@ def _finetune(
             float(saved["mean_dice"]),
             {k: float(v) for k, v in saved["class_dice"].items()},
             float(saved.get("seconds", math.nan)),
+            fresh=False,
         )
     ft = task.finetune.model_copy(deep=True)
     ft.name = f"{task.name} {method.name} seed {seed}"
@@ -246,9 +248,12 @@ def run_volume_ssl_eval(
             )
     _plot(rows, tasks, methods, root / "results.png")
     if readme is not None:
+        fresh = sum(r.fresh for r in rows)
         note = (
-            f"Produced by `medcl eval volume-ssl` in {total / 60:.1f} min "
-            f"(seeds {cfg.seeds}); per-run results in `{root.name}/results.csv`."
+            f"Produced by `medcl eval volume-ssl` (seeds {cfg.seeds}): {fresh} of {len(rows)} "
+            f"fine-tuning runs computed by this invocation in {total / 60:.1f} min, the rest "
+            "reused from an earlier invocation of the same command; per-run Dice and seconds "
+            "in `results.csv`."
         )
         update_readme(readme, table, note)
     return rows, table

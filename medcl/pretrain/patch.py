@@ -57,6 +57,7 @@ class PatchPretrainConfig(StrictModel):
     encoder: str = "timm:resnet18"
     encoder_kwargs: dict[str, Any] = Field(default_factory=dict)
     views: Literal["dermoscopy", "pathology"] = "dermoscopy"
+    view_kwargs: dict[str, Any] = Field(default_factory=dict)
     image_size: int = Field(default=112, ge=16)
     loss: Literal["ntxent", "supcon"] = "ntxent"
     temperature: float = Field(default=0.2, gt=0)
@@ -117,7 +118,7 @@ class PatchPretrainResult:
 
 def _dataset(cfg: PatchPretrainConfig, root: Path | None) -> ImageViewsDataset | SlideTilesDataset:
     enc_views = pathology_views if cfg.views == "pathology" else dermoscopy_views
-    two = TwoCropTransform(enc_views(cfg.image_size))
+    two = TwoCropTransform(enc_views(cfg.image_size, **cfg.view_kwargs))
     if cfg.source == "slide":
         if cfg.loss == "supcon":
             raise ConfigError("loss", "supcon", "slide tiles have no labels; use ntxent")
