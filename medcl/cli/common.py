@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,3 +47,8 @@ def resolve_config(cls: type[C], args: argparse.Namespace, flags: Mapping[str, A
 def print_summary(summary: Mapping[str, Any]) -> None:
     """Print a nested summary as readable YAML."""
     print(yaml.safe_dump(dict(summary), sort_keys=False, default_flow_style=None, width=100))
+
+
+def is_rank_zero() -> bool:
+    """True outside torchrun and on its rank 0 (only that process prints results)."""
+    return os.environ.get("RANK", "0") == "0"

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from medcl.cli.common import add_config_args, add_workspace_arg, resolve_config
+from medcl.cli.common import add_config_args, add_workspace_arg, is_rank_zero, resolve_config
 
 
 def add_parser(sub: Any) -> None:
@@ -70,6 +70,8 @@ def _pretrain_volume(args: argparse.Namespace) -> int:
 
     cfg = resolve_config(VolumePretrainConfig, args, {"out_dir": args.out_dir})
     res = run_pretrain_volume(cfg, workspace=args.workspace, data_root=args.data_root)
+    if not is_rank_zero():
+        return 0
     print(f"global loss: {res.global_loss}  local loss: {res.local_loss}")
     print(f"weights: {res.weights}")
     return 0
@@ -80,6 +82,8 @@ def _pretrain_patch(args: argparse.Namespace) -> int:
 
     cfg = resolve_config(PatchPretrainConfig, args, {"out_dir": args.out_dir})
     res = run_pretrain_patch(cfg, workspace=args.workspace, data_root=args.data_root)
+    if not is_rank_zero():
+        return 0
     print(f"{res.num_images} images, last loss {res.last_loss:.4f}")
     print(f"encoder: {res.encoder}  (create_encoder('medcl:{res.encoder}'))")
     return 0
@@ -90,6 +94,8 @@ def _finetune_seg(args: argparse.Namespace) -> int:
 
     cfg = resolve_config(FinetuneSegConfig, args, {"out_dir": args.out_dir, "init": args.init})
     res = run_finetune_seg(cfg, workspace=args.workspace, data_root=args.data_root)
+    if not is_rank_zero():
+        return 0
     print(f"{'class':24} dice")
     for name, value in res.class_dice.items():
         print(f"{name:24} {value:.4f}")

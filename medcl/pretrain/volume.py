@@ -125,9 +125,14 @@ def _loader(
     dataset = SliceViewsDataset(
         volumes, index.volume, index.slice_idx, index.partition, _views(cfg, local)
     )
+    per_batch = min(volumes_per_batch, len(volumes))
+    # with few volumes an epoch may hold fewer batches than there are ranks: then every epoch
+    # draws one batch of fresh volumes per rank instead
+    natural = len(volumes) // per_batch
     sampler = PartitionBatchSampler(
         index,
-        volumes_per_batch=min(volumes_per_batch, len(volumes)),
+        volumes_per_batch=per_batch,
+        batches_per_epoch=None if natural >= info.world_size else info.world_size,
         S=cfg.partitions,
         seed=cfg.train.seed,
         num_replicas=info.world_size,
@@ -211,7 +216,17 @@ def _run_stage(
         config=cfg.model_dump(mode="json"),
         arch="unet2d",
     )
-    summary = trainer.fit()
+    # only this stage's parameters train: DDP then tracks exactly the ones that get gradients
+    # (the decoder is unused by the global stage, the encoder frozen in the local one)
+    trainable = {id(p) for p in params}
+    before = [(p, p.requires_grad) for p in tap.parameters()]
+    for p, _ in before:
+        p.requires_grad_(id(p) in trainable)
+    try:
+        summary = trainer.fit()
+    finally:
+        for p, flag in before:
+            p.requires_grad_(flag)
     log.info("%s stage: %d steps, last loss %.4f", name, summary.step, summary.last_loss)
     return summary.last_loss
 

@@ -170,3 +170,37 @@ def test_checkpoint_of_another_architecture_is_a_clear_error(
     err = capsys.readouterr().err
     assert err.startswith("medcl: error: ") and "pretrained.pt" in err
     assert "channels" in err
+
+
+@pytest.mark.slow
+def test_pretrain_volume_under_torchrun_two_processes(volumes: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "medcl",
+        "pretrain",
+        "volume",
+        "--config",
+        str(SMOKE / "pretrain_volume.yaml"),
+        "--data-root",
+        str(volumes),
+        "--out",
+        str(out),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("weights:") == 1  # only rank 0 reports
+    weights = torch.load(out / "pretrained.pt", weights_only=True)
+    assert weights["meta"]["method"] == "gd-+local"
+    rows = (out / "global" / "metrics.csv").read_text().splitlines()
+    assert int(rows[-1].split(",")[0]) == 6

@@ -1,0 +1,1 @@
+"""Demonstration retrieval for in-context learning: invariant encoders, pool indexes, selectors."""
