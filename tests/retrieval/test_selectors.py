@@ -9,16 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from medcl.retrieval.metrics import class_agreement_at_k, knn_vote, stack_selections
 from medcl.retrieval.selectors import (
     InvariantSelectPR,
     RandomPR,
     Selection,
     TopKNearestPR,
-    class_agreement_at_k,
     create_selector,
-    knn_vote,
     list_selectors,
-    stack_selections,
 )
 
 
