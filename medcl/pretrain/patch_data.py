@@ -39,6 +39,7 @@ class PatchDataConfig(StrictModel):
 
     path: Path | None = None
     format: str = "auto"
+    format_kwargs: dict[str, Any] = Field(default_factory=dict)
     domains: list[str] | None = None
     test_size: float = Field(default=0.2, gt=0, lt=1)
     split_seed: int = 0
@@ -52,7 +53,7 @@ def load_filtered_image_set(cfg: PatchDataConfig, root: Path | None) -> ImageSet
     if cfg.path is None:
         raise InvalidInputError("data.path", "no image set given")
     path = cfg.path if cfg.path.is_absolute() or root is None else root / cfg.path
-    ds = load_image_set(path, format=cfg.format)
+    ds = load_image_set(path, format=cfg.format, **cfg.format_kwargs)
     return ds.filter(domains=cfg.domains) if cfg.domains else ds
 
 
