@@ -74,3 +74,44 @@ def test_train_cci_writes_a_loadable_encoder(
     # trainable_blocks=1: layer4 trained, the stem stayed as initialised
     assert any(k.startswith("backbone.layer4") for k in changed)
     assert not any(k.startswith(("backbone.conv1", "backbone.layer1")) for k in changed)
+
+
+@pytest.mark.slow
+def test_retrieval_eval_smoke(pool: Path, tmp_path: Path) -> None:
+    from medcl.config import build_config
+    from medcl.retrieval.evaluate import RetrievalEvalConfig, run_retrieval_eval
+
+    cfg = build_config(
+        RetrievalEvalConfig,
+        {
+            "data": {
+                "path": "images",
+                "format": "class_folders",
+                "format_kwargs": {"domain_level": True},
+                "num_workers": 0,
+            },
+            "source_domains": ["A"],
+            "seeds": [0],
+            "ks": [1, 3],
+            "image_size": 32,
+            "cci": {
+                "image_size": 32,
+                "batch_size": 12,
+                "train": {"max_steps": 2, "device": "cpu", "ckpt_every": 0, "progress": False},
+            },
+            "out_dir": str(tmp_path / "eval"),
+        },
+    )
+    rows, table = run_retrieval_eval(cfg, data_root=pool)
+    assert {r.selector for r in rows} == {"random", "topk (random init)", "topk", "invariant"}
+    assert {r.k for r in rows} == {1, 3}
+    for r in rows:
+        assert 0.0 <= r.class_agreement <= 1.0 and 0.0 <= r.knn_balanced_accuracy <= 1.0
+    # colour classes: nearest neighbours in any encoder's space agree far above chance (1/3)
+    topk = next(r for r in rows if r.selector == "topk (random init)" and r.k == 1)
+    assert topk.class_agreement > 0.6
+    assert "| invariant |" in table
+    assert (tmp_path / "eval" / "results.png").is_file()
+    # a second run reuses the CCI encoder and the cached embeddings
+    again, _ = run_retrieval_eval(cfg, data_root=pool)
+    assert again == rows
