@@ -10,6 +10,9 @@ PYTEST_ARGS ?=
 WORKERS ?= 2
 LINT_PATHS := $(wildcard medcl tests benchmarks app)
 
+# the real sample data beside the checkout, unless MEDCL_DATA says otherwise
+MEDCL_DATA ?= $(abspath $(wildcard ../shared/data))
+export MEDCL_DATA
 export HF_HUB_OFFLINE := 1
 export MPLBACKEND := Agg
 
