@@ -20,11 +20,11 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from medcl.config import StrictModel, save_config
-from medcl.engine.distributed import DistInfo, cleanup, init_distributed
-from medcl.engine.seed import seed_everything, worker_init_fn
+from medcl.engine.data import shuffled_loader
+from medcl.engine.distributed import cleanup, init_distributed
+from medcl.engine.seed import seed_everything
 from medcl.engine.trainer import Metrics, TrainConfig, Trainer
 from medcl.errors import ConfigError
 from medcl.losses.ntxent import NTXentLoss
@@ -134,35 +134,6 @@ def _dataset(cfg: PatchPretrainConfig, root: Path | None) -> ImageViewsDataset |
     return ImageViewsDataset(ds, two)
 
 
-def _loader(
-    cfg: PatchPretrainConfig, dataset: ImageViewsDataset | SlideTilesDataset, info: DistInfo
-) -> DataLoader[Any]:
-    sampler: Any
-    if info.world_size > 1:
-        sampler = DistributedSampler(
-            dataset,
-            num_replicas=info.world_size,
-            rank=info.rank,
-            shuffle=True,
-            seed=cfg.train.seed,
-            drop_last=True,
-        )
-    else:
-        generator = torch.Generator().manual_seed(cfg.train.seed)
-        sampler = RandomSampler(dataset, generator=generator)
-    workers = cfg.data.num_workers
-    return DataLoader(
-        dataset,
-        batch_size=cfg.batch_size,
-        sampler=sampler,
-        drop_last=True,
-        num_workers=workers,
-        collate_fn=collate_views,
-        worker_init_fn=worker_init_fn if workers else None,
-        persistent_workers=workers > 0,
-    )
-
-
 def run_pretrain_patch(
     cfg: PatchPretrainConfig, *, workspace: Path | None = None, data_root: Path | None = None
 ) -> PatchPretrainResult:
@@ -196,7 +167,14 @@ def run_pretrain_patch(
             model,
             optimizer,
             _ViewsStep(loss, cfg.loss == "supcon"),
-            _loader(cfg, dataset, info),
+            shuffled_loader(
+                dataset,
+                batch_size=cfg.batch_size,
+                num_workers=cfg.data.num_workers,
+                seed=cfg.train.seed,
+                info=info,
+                collate_fn=collate_views,
+            ),
             cfg.train,
             out_dir / "train",
             scheduler=scheduler,

@@ -19,11 +19,12 @@ import numpy as np
 import torch
 from pydantic import Field
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
+from torch.utils.data import Dataset
 
 from medcl.config import StrictModel, save_config
+from medcl.engine.data import shuffled_loader
 from medcl.engine.distributed import cleanup, init_distributed
-from medcl.engine.seed import seed_everything, worker_init_fn
+from medcl.engine.seed import seed_everything
 from medcl.engine.trainer import Metrics, TrainConfig, Trainer
 from medcl.io.images import ImageSet, read_image
 from medcl.losses.cci import CCILoss
@@ -130,22 +131,12 @@ def run_train_cci(
             len(pool.class_map),
             len(dataset.domain_map),
         )
-        sampler: Any = (
-            DistributedSampler(
-                dataset, info.world_size, info.rank, seed=cfg.train.seed, drop_last=True
-            )
-            if info.world_size > 1
-            else RandomSampler(dataset, generator=torch.Generator().manual_seed(cfg.train.seed))
-        )
-        workers = cfg.data.num_workers
-        loader = DataLoader(
+        loader = shuffled_loader(
             dataset,
             batch_size=cfg.batch_size,
-            sampler=sampler,
-            drop_last=True,
-            num_workers=workers,
-            worker_init_fn=worker_init_fn if workers else None,
-            persistent_workers=workers > 0,
+            num_workers=cfg.data.num_workers,
+            seed=cfg.train.seed,
+            info=info,
         )
         model = ContrastiveModel(encoder, cfg.projection_hidden, cfg.projection_dim)
         params = [p for p in model.parameters() if p.requires_grad]
