@@ -28,6 +28,33 @@ def add_parser(sub: Any) -> None:
     add_workspace_arg(p)
     p.set_defaults(func=_train_cci)
 
+    ix = cmds.add_parser("index", help="embed a labelled pool and save a FAISS index of it")
+    ix.add_argument("--encoder", default=None, help="registry encoder (e.g. medcl:cci.pt)")
+    ix.add_argument("--data-root", type=Path, default=None, help="folder relative paths use")
+    ix.add_argument("--out", dest="out_dir", type=Path, default=None, help="index folder")
+    add_config_args(ix)
+    add_workspace_arg(ix)
+    ix.set_defaults(func=_index)
+
+    for name, helptext in (
+        ("prompt", "select demonstrations for a query and write the in-context prompt"),
+        ("predict", "select demonstrations, ask the LMM endpoint and parse its answer"),
+    ):
+        q = cmds.add_parser(name, help=helptext)
+        q.add_argument("query", type=Path, help="query image")
+        q.add_argument("--index", type=Path, required=True, help="folder from `retrieval index`")
+        q.add_argument("--encoder", required=True, help="the encoder the index was built with")
+        q.add_argument("--image-size", type=int, default=None)
+        q.add_argument("--selector", default="topk", choices=["random", "topk", "invariant"])
+        q.add_argument("-k", type=int, default=7, help="demonstrations")
+        q.add_argument("--group", default=None, help="the query's group (never a demonstration)")
+        q.add_argument("--out", type=Path, default=None, help="write messages / episode JSON")
+        if name == "predict":
+            q.add_argument("--base-url", required=True, help="OpenAI-compatible endpoint /v1")
+            q.add_argument("--model", required=True, help="model name at the endpoint")
+            q.add_argument("--timeout", type=float, default=60.0)
+        q.set_defaults(func=_prompt if name == "prompt" else _predict)
+
     e = cmds.add_parser(
         "eval",
         help="RandomPR vs TopKNearestPR vs InvariantSelectPR: agreement@k and k-NN accuracy",
@@ -70,4 +97,51 @@ def _eval(args: argparse.Namespace) -> int:
         cfg, workspace=args.workspace, data_root=args.data_root, readme=args.readme
     )
     print(table)
+    return 0
+
+
+def _index(args: argparse.Namespace) -> int:
+    from medcl.retrieval.pool import PoolIndexConfig, build_pool_index
+
+    cfg = resolve_config(PoolIndexConfig, args, {"out_dir": args.out_dir, "encoder": args.encoder})
+    out = build_pool_index(cfg, workspace=args.workspace, data_root=args.data_root)
+    print(f"index: {out}")
+    return 0
+
+
+def _episode(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any], list[str]]:
+    from medcl.retrieval.pool import load_encoder, open_pool_index, select_demonstrations
+    from medcl.retrieval.prompts import build_messages, episode_json
+
+    encoder = load_encoder(args.encoder, args.image_size)
+    index = open_pool_index(args.index, encoder, args.encoder)
+    demos = select_demonstrations(
+        index, encoder, args.query, args.k, selector=args.selector, query_group=args.group
+    )
+    labels = sorted(index.metadata["label"].astype(str).unique())
+    messages = build_messages(args.query, demos, labels=labels)
+    return messages, episode_json(args.query, demos, labels=labels), labels
+
+
+def _prompt(args: argparse.Namespace) -> int:
+    import json
+
+    messages, episode, _ = _episode(args)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "messages.json").write_text(json.dumps(messages, indent=1))
+        (args.out / "episode.json").write_text(json.dumps(episode, indent=2, default=str))
+    for demo in episode["demonstrations"]:
+        print(f"{demo['label']:12} {demo['similarity']}  {demo['image_path']}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from medcl.retrieval.lmm import LMMClient
+    from medcl.retrieval.parse import parse_label
+
+    messages, _, labels = _episode(args)
+    client = LMMClient(args.base_url, args.model, timeout_s=args.timeout)
+    reply = client.complete(messages)
+    print(f"answer: {parse_label(reply.text, labels)}  (raw: {reply.text!r})")
     return 0

@@ -1,0 +1,126 @@
+"""A demonstration pool on disk: embed it once (``medcl retrieval index``), then select and prompt.
+
+``build_pool_index`` embeds a labelled image set with a registry encoder and saves a
+:class:`~medcl.retrieval.index.DemoIndex` whose fingerprint ties it to that encoder (name, weights
+sha256, eval transform) and pool. ``open_pool_index`` refuses it when used with another encoder.
+``select_demonstrations`` embeds a query image and returns its k demonstrations, ready for
+:func:`~medcl.retrieval.prompts.build_messages`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+from torch.utils.data import DataLoader
+
+from medcl.config import StrictModel, save_config
+from medcl.io.images import read_image
+from medcl.models.encoder_base import Encoder
+from medcl.models.encoders import create_encoder
+from medcl.pretrain.patch_data import ImageViewsDataset, PatchDataConfig, load_filtered_image_set
+from medcl.pretrain.probe import extract_features
+from medcl.retrieval.index import DemoIndex, fingerprint
+from medcl.retrieval.prompts import Demonstration
+from medcl.retrieval.selectors import create_selector
+from medcl.workspace import data_root as resolve_data_root
+from medcl.workspace import job_dir
+
+log = logging.getLogger(__name__)
+
+
+class PoolIndexConfig(StrictModel):
+    """Options of ``medcl retrieval index``."""
+
+    name: str = "pool"
+    data: PatchDataConfig = Field(default_factory=lambda: PatchDataConfig(use="all"))
+    encoder: str = "timm:resnet18"
+    image_size: int | None = Field(default=None, ge=16)
+    kind: Literal["exact", "hnsw", "ivf"] = "exact"
+    options: dict[str, Any] = Field(default_factory=dict)
+    batch_size: int = Field(default=128, ge=1)
+    out_dir: Path | None = None
+
+
+def load_encoder(name: str, image_size: int | None) -> Encoder:
+    """A registry encoder, evaluated at ``image_size`` when given."""
+    encoder = create_encoder(name)
+    if image_size is not None:
+        encoder.set_spec(replace(encoder.spec, size=(image_size, image_size), crop_pct=1.0))
+    return encoder.eval()
+
+
+def encoder_fingerprint(encoder: Encoder, name: str, pool_paths: list[str]) -> str:
+    """The fingerprint of ``encoder`` (name, weights sha256, transform) over ``pool_paths``."""
+    sha = encoder.provenance.get("sha256") if isinstance(encoder.provenance, dict) else None
+    return fingerprint(name, sha, pool_paths, encoder.spec.to_dict())
+
+
+def build_pool_index(
+    cfg: PoolIndexConfig, *, workspace: Path | None = None, data_root: Path | None = None
+) -> Path:
+    """Embed the pool and save the index folder; returns it."""
+    out = job_dir(cfg.out_dir, workspace, "retrieval_index", cfg.name)
+    save_config(cfg, out)
+    pool = load_filtered_image_set(cfg.data, data_root or resolve_data_root())
+    encoder = load_encoder(cfg.encoder, cfg.image_size)
+    loader = DataLoader(
+        ImageViewsDataset(pool, encoder.eval_transform),
+        batch_size=cfg.batch_size,
+        num_workers=cfg.data.num_workers,
+    )
+    emb, _ = extract_features(encoder, loader)
+    meta = pool.df.reset_index(drop=True).assign(path=lambda d: d["path"].astype(str))
+    fp = encoder_fingerprint(encoder, cfg.encoder, list(meta["path"]))
+    DemoIndex.build(emb, meta, kind=cfg.kind, fingerprint=fp, **cfg.options).save(out)
+    log.info("indexed %d images (%s, fingerprint %s) in %s", len(meta), cfg.kind, fp, out)
+    return out
+
+
+def open_pool_index(folder: Path, encoder: Encoder, encoder_name: str) -> DemoIndex:
+    """Load an index folder, refusing it if it was built with another encoder or pool."""
+    unchecked = DemoIndex.load(folder, expected_fingerprint=None)
+    expected = encoder_fingerprint(encoder, encoder_name, list(unchecked.metadata["path"]))
+    return DemoIndex.load(folder, expected_fingerprint=expected)
+
+
+def select_demonstrations(
+    index: DemoIndex,
+    encoder: Encoder,
+    query: Path,
+    k: int,
+    *,
+    selector: str = "topk",
+    query_group: str | None = None,
+    max_per_class: int | None = None,
+    seed: int = 0,
+) -> list[Demonstration]:
+    """The ``k`` demonstrations for ``query`` (an image file) from the indexed pool."""
+    image = read_image(query)
+    x = encoder.eval_transform(image)[None]
+    q = extract_features(encoder, [(x, np.zeros(1, np.int64))], progress=False)[0][0]
+    meta = index.metadata
+    fetch = min(len(index), max(k * 20, 100))
+    scores, ids = index.search(q[None], fetch)
+    sel = create_selector(selector, max_per_class=max_per_class)
+    kwargs: dict[str, Any] = {} if selector == "random" else {"candidates": (scores, ids)}
+    labels = meta.assign(label=meta["label"].astype(str))
+    # the index holds the vectors: topk / invariant select among its candidates, random
+    # needs no similarity (reported as None)
+    pool_emb = np.zeros((len(index), index.dim), np.float32)
+    picked = sel.select(
+        q, pool_emb, labels, k, query_group=query_group, rng=np.random.default_rng(seed), **kwargs
+    )[0]
+    return [
+        Demonstration(
+            Path(str(meta.loc[i, "path"])),
+            str(meta.loc[i, "label"]),
+            None if selector == "random" else float(s),
+            str(meta.loc[i, "domain"]) if "domain" in meta else None,
+        )
+        for i, s in zip(picked.indices, picked.scores, strict=True)
+    ]
