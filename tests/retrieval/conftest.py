@@ -24,3 +24,16 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 arr = np.clip(np.array(colour)[None, None] + noise + tint, 0, 255)
                 Image.fromarray(arr.astype(np.uint8)).save(folder / f"{hospital}{cls}{i}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def pool_data_args() -> list[str]:
+    """``--set`` options that read the two-hospital pool (with its domains) at 32 px."""
+    options = (
+        "data.path=images",
+        "data.format=class_folders",
+        "data.format_kwargs={domain_level: true}",
+        "data.num_workers=0",
+        "image_size=32",
+    )
+    return [arg for opt in options for arg in ("--set", opt)]

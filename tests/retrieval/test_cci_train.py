@@ -13,7 +13,7 @@ from medcl.models.encoders import create_encoder
 
 @pytest.mark.slow
 def test_train_cci_writes_a_loadable_encoder(
-    pool: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    pool: Path, pool_data_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "cci"
     args = [
@@ -25,16 +25,7 @@ def test_train_cci_writes_a_loadable_encoder(
         str(pool),
         "--out",
         str(out),
-        "--set",
-        "data.path=images",
-        "--set",
-        "data.format=class_folders",
-        "--set",
-        "data.format_kwargs={domain_level: true}",
-        "--set",
-        "data.num_workers=0",
-        "--set",
-        "image_size=32",
+        *pool_data_args,
         "--set",
         "batch_size=12",
         "--set",

@@ -14,7 +14,9 @@ from medcl.cli import main
 
 
 @pytest.fixture(scope="module")
-def index_dir(pool: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def index_dir(
+    pool: Path, pool_data_args: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     out = tmp_path_factory.mktemp("index")
     args = [
         "retrieval",
@@ -25,16 +27,7 @@ def index_dir(pool: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         str(pool),
         "--out",
         str(out),
-        "--set",
-        "data.path=images",
-        "--set",
-        "data.format=class_folders",
-        "--set",
-        "data.format_kwargs={domain_level: true}",
-        "--set",
-        "data.num_workers=0",
-        "--set",
-        "image_size=32",
+        *pool_data_args,
     ]
     assert main(args) == 0
     return out
