@@ -41,6 +41,10 @@ class PatchDataConfig(StrictModel):
     format: str = "auto"
     format_kwargs: dict[str, Any] = Field(default_factory=dict)
     domains: list[str] | None = None
+    classes: list[str] | None = Field(
+        default=None, description="explicit class map (index = position); default: sorted labels"
+    )
+    drop_unmapped: bool = False
     test_size: float = Field(default=0.2, gt=0, lt=1)
     split_seed: int = 0
     use: Literal["train", "all"] = "train"
@@ -54,6 +58,18 @@ def load_filtered_image_set(cfg: PatchDataConfig, root: Path | None) -> ImageSet
         raise InvalidInputError("data.path", "no image set given")
     path = cfg.path if cfg.path.is_absolute() or root is None else root / cfg.path
     ds = load_image_set(path, format=cfg.format, **cfg.format_kwargs)
+    if cfg.classes is not None:
+        if len(set(cfg.classes)) != len(cfg.classes):
+            raise InvalidInputError(path, f"data.classes lists a class twice: {cfg.classes}")
+        unmapped = sorted(set(ds.df["label"]) - set(cfg.classes))
+        if unmapped and not cfg.drop_unmapped:
+            raise InvalidInputError(
+                path,
+                f"labels not in the class map data.classes: {', '.join(unmapped)} (add them, or "
+                "set data.drop_unmapped=true to leave those images out)",
+            )
+        class_map = {c: i for i, c in enumerate(cfg.classes)}
+        ds = ds.with_class_map(class_map, drop_unmapped=cfg.drop_unmapped)
     return ds.filter(domains=cfg.domains) if cfg.domains else ds
 
 

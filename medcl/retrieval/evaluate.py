@@ -36,8 +36,19 @@ from medcl.pretrain.evaluate import update_readme
 from medcl.pretrain.patch_data import ImageViewsDataset, PatchDataConfig, load_filtered_image_set
 from medcl.pretrain.probe import classification_metrics, extract_features
 from medcl.retrieval.cci_train import CCITrainConfig, run_train_cci
+from medcl.retrieval.lmm_eval import (
+    ANSWERS_FILE,
+    ZERO_SHOT,
+    Episode,
+    LMMArmConfig,
+    client_from_config,
+    lmm_table,
+    run_lmm_arm,
+    summarise,
+)
 from medcl.retrieval.metrics import class_agreement_at_k, knn_vote, stack_selections
-from medcl.retrieval.selectors import create_selector
+from medcl.retrieval.prompts import Demonstration
+from medcl.retrieval.selectors import Selection, create_selector
 from medcl.workspace import data_root as resolve_data_root
 from medcl.workspace import job_dir, slug
 
@@ -63,6 +74,7 @@ class RetrievalEvalConfig(StrictModel):
     max_queries: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=128, ge=1)
     cci: CCITrainConfig = Field(default_factory=CCITrainConfig)
+    lmm: LMMArmConfig = Field(default_factory=LMMArmConfig)
     out_dir: Path | None = None
 
 
@@ -129,8 +141,11 @@ def score_selector(
     ks: Sequence[int],
     seed: int,
     max_per_class: int | None,
-) -> list[RetrievalRow]:
-    """Select ``max(ks)`` demonstrations per query and score every prefix ``k``."""
+) -> tuple[list[RetrievalRow], list[Selection]]:
+    """Select ``max(ks)`` demonstrations per query and score every prefix ``k``.
+
+    Returns the rows and each query's selection (for the LMM arm).
+    """
     base = (
         "random" if selector == "random" else ("invariant" if selector == "invariant" else "topk")
     )
@@ -161,7 +176,43 @@ def score_selector(
                 m["balanced_accuracy"],
             )
         )
-    return rows
+    return rows, picks
+
+
+def lmm_episodes(
+    selector: str,
+    picks: Sequence[Selection],
+    pool: ImageSet,
+    queries: ImageSet,
+    cfg: LMMArmConfig,
+    seed: int,
+) -> list[Episode]:
+    """The LMM arm's episodes of one selector (and the zero-shot ones, with ``random``).
+
+    The same ``cfg.max_queries`` queries (fixed by seed 0) are asked for every selector and k.
+    """
+    if selector not in cfg.selectors and selector != "random":
+        return []
+    n = len(queries)
+    rng = np.random.default_rng(0)
+    chosen = np.sort(rng.choice(n, min(n, cfg.max_queries), replace=False))
+    paths, classes = pool.df["path"].astype(str).to_numpy(), pool.df["label"].astype(str)
+    domains = pool.df["domain"].astype(str).to_numpy()
+    q_paths, q_labels = queries.df["path"].astype(str), queries.df["label"].astype(str)
+    out: list[Episode] = []
+    for i in chosen:
+        query, truth = Path(q_paths.iloc[i]), str(q_labels.iloc[i])
+        if selector == "random":
+            out.append(Episode(seed, ZERO_SHOT, 0, query, truth, ()))
+            if "random" not in cfg.selectors:
+                continue
+        pick = picks[i]
+        demos = tuple(
+            Demonstration(Path(paths[j]), str(classes.iloc[j]), float(s), str(domains[j]))
+            for j, s in zip(pick.indices, pick.scores, strict=True)
+        )
+        out += [Episode(seed, selector, k, query, truth, demos[:k]) for k in cfg.ks]
+    return out
 
 
 def _table(rows: list[RetrievalRow], ks: Sequence[int]) -> str:
@@ -210,6 +261,37 @@ def _plot(rows: list[RetrievalRow], ks: Sequence[int], path: Path) -> None:
     plt.close(fig)
 
 
+def _plot_lmm(summary: pd.DataFrame, path: Path) -> None:
+    """LMM accuracy against k per selector, the zero-shot baseline as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if summary.empty:
+        return
+    fig, ax = plt.subplots(figsize=(5, 3.8))
+    zero = summary[summary.selector == ZERO_SHOT]
+    for name, grp in summary[summary.selector != ZERO_SHOT].groupby("selector", sort=False):
+        by_k = grp.groupby("k").lmm_accuracy
+        ax.errorbar(
+            by_k.mean().index,
+            by_k.mean(),
+            yerr=by_k.std().fillna(0),
+            marker="o",
+            capsize=3,
+            label=str(name),
+        )
+    if not zero.empty:
+        ax.axhline(float(zero.lmm_accuracy.mean()), ls="--", c="grey", label="zero-shot")
+    ax.set_xlabel("k demonstrations")
+    ax.set_ylabel("LMM accuracy")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def run_retrieval_eval(
     cfg: RetrievalEvalConfig,
     *,
@@ -224,6 +306,8 @@ def run_retrieval_eval(
     pool, queries = split_domains(load_filtered_image_set(cfg.data, root), cfg)
     log.info("pool: %d source images; queries: %d target images", len(pool), len(queries))
     rows: list[RetrievalRow] = []
+    client = client_from_config(cfg.lmm, out / "lmm_cache")
+    episodes: list[Episode] = []
     for seed in cfg.seeds:
         cci_dir = out / f"cci_seed{seed}"
         if not (cci_dir / "encoder.pt").is_file():
@@ -243,10 +327,19 @@ def run_retrieval_eval(
             embedded[name] = _embed(enc, [pool, queries], cfg, cache, seed)
         for name in ("random", *encoders):
             pool_emb, query_emb = embedded["topk" if name == "random" else name]
-            rows += score_selector(
+            scored, picks = score_selector(
                 name, pool_emb, query_emb, pool, queries, cfg.ks, seed, cfg.max_per_class
             )
+            rows += scored
+            if client is not None and seed in cfg.lmm.seeds:
+                episodes += lmm_episodes(name, picks, pool, queries, cfg.lmm, seed)
     table = _table(rows, cfg.ks)
+    if client is not None:
+        answers = run_lmm_arm(episodes, pool.classes, client, out / ANSWERS_FILE, cfg.lmm)
+        summary = summarise(answers)
+        summary.to_csv(out / "lmm_results.csv", index=False)
+        table += "\n" + lmm_table(summary)
+        _plot_lmm(summary, out / "lmm_results.png")
     (out / "results.md").write_text(table)
     with (out / "results.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(RetrievalRow.__dataclass_fields__))

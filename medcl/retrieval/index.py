@@ -19,7 +19,7 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import faiss
 import numpy as np
@@ -30,6 +30,7 @@ from medcl import __version__
 from medcl.config import StrictModel
 from medcl.errors import InvalidInputError
 from medcl.registry import Registry
+from medcl.retrieval.certified import Int8Prefilter, PrefilterStats
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,17 @@ _DirectMap: Any = faiss.DirectMap  # type: ignore[attr-defined]  # missing from 
 
 
 class ExactOptions(StrictModel):
-    """``exact``: brute-force inner product, no options."""
+    """``exact``: brute-force inner product.
+
+    ``prefilter``: ``auto`` (pools of ``prefilter_min_size`` vectors or more), ``int8`` or
+    ``none``: answer unfiltered searches with an int8 scan, a float32 re-rank of ``candidates``
+    vectors and a certificate that the result equals brute force
+    (:mod:`medcl.retrieval.certified`); uncertified queries fall back to the full scan.
+    """
+
+    prefilter: Literal["auto", "int8", "none"] = "auto"
+    prefilter_min_size: int = Field(20_000, ge=1)
+    candidates: int = Field(128, ge=1)
 
 
 class HNSWOptions(StrictModel):
@@ -263,6 +274,7 @@ class DemoIndex:
         self._spec = INDEX_KINDS.create(kind)
         self.fingerprint = fp
         self._spec.configure(index, options)
+        self._prefilter: Int8Prefilter | None = None
 
     @classmethod
     def build(
@@ -322,6 +334,7 @@ class DemoIndex:
                 )
             self._index.train(x)
         self._index.add(x)
+        self._prefilter = None  # rebuilt over all vectors at the next search
         self.metadata = pd.concat([self.metadata, meta], ignore_index=True)
 
     def search(
@@ -350,12 +363,31 @@ class DemoIndex:
                 )
         if not len(self):
             scores, ids = np.zeros((len(q), k)), np.full((len(q), k), -1)
+        elif mask is None and (pre := self._exact_prefilter(k)) is not None:
+            scores, ids = pre.search(q, k, self._index)
         elif mask is None:
             scores, ids = self._index.search(q, k)
         else:
             scores, ids = self._search_masked(q, k, mask)
         scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
         return scores, ids.astype(np.int64)
+
+    def _exact_prefilter(self, k: int) -> Int8Prefilter | None:
+        """The int8 prefilter of an ``exact`` index when its options ask for one."""
+        o = self._options
+        if not isinstance(o, ExactOptions) or o.prefilter == "none" or k > len(self):
+            return None
+        if o.prefilter == "auto" and len(self) < o.prefilter_min_size:
+            return None
+        if self._prefilter is None or len(self._prefilter) != len(self):
+            vectors = self._index.reconstruct_n(0, len(self))
+            self._prefilter = Int8Prefilter(vectors, candidates=o.candidates)
+        return self._prefilter
+
+    @property
+    def prefilter_stats(self) -> PrefilterStats | None:
+        """Certified and fallback query counts of the exact int8 prefilter, if it ran."""
+        return None if self._prefilter is None else self._prefilter.stats
 
     def _search_masked(self, q: np.ndarray, k: int, mask: np.ndarray) -> tuple[Any, Any]:
         selected = np.flatnonzero(mask).astype(np.int64)

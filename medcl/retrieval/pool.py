@@ -19,6 +19,7 @@ from pydantic import Field
 from torch.utils.data import DataLoader
 
 from medcl.config import StrictModel, save_config
+from medcl.errors import InvalidInputError
 from medcl.io.images import read_image
 from medcl.models.encoder_base import Encoder
 from medcl.models.encoders import create_encoder
@@ -88,6 +89,39 @@ def open_pool_index(folder: Path, encoder: Encoder, encoder_name: str) -> DemoIn
     return DemoIndex.load(folder, expected_fingerprint=expected)
 
 
+MIN_QUERY_SIDE = 32
+_SINGLE_CHANNEL = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "La"})
+
+
+def read_query_image(path: Path, *, min_side: int = MIN_QUERY_SIDE) -> np.ndarray:
+    """A query image as ``(H, W, 3)`` uint8, refusing what the colour pool cannot answer.
+
+    Palette, RGBA and CMYK images are converted to RGB. Refused with an error naming the file:
+    single-channel (greyscale) images, since the pool and its encoder are colour and a silent
+    channel copy would retrieve by brightness alone; images of more than four bands; and images
+    whose shorter side is under ``min_side`` pixels, which the encoder would upsample into mush.
+    """
+    from PIL import Image
+
+    image = read_image(path)  # missing, empty, corrupt or not an image: its own clear error
+    with Image.open(path) as img:
+        mode, bands = img.mode, len(img.getbands())
+    if mode in _SINGLE_CHANNEL:
+        raise InvalidInputError(
+            path,
+            f"query has 1 channel (mode {mode}) but the pool holds RGB colour images; "
+            "convert it to RGB first if a greyscale query is really intended",
+        )
+    if bands > 4:
+        raise InvalidInputError(path, f"query has {bands} channels; expected RGB (3)")
+    h, w = image.shape[:2]
+    if min(h, w) < min_side:
+        raise InvalidInputError(
+            path, f"query is {w}x{h} px; its shorter side must be at least {min_side} px"
+        )
+    return image
+
+
 def select_demonstrations(
     index: DemoIndex,
     encoder: Encoder,
@@ -100,7 +134,7 @@ def select_demonstrations(
     seed: int = 0,
 ) -> list[Demonstration]:
     """The ``k`` demonstrations for ``query`` (an image file) from the indexed pool."""
-    image = read_image(query)
+    image = read_query_image(query)
     x = encoder.eval_transform(image)[None]
     q = extract_features(encoder, [(x, np.zeros(1, np.int64))], progress=False)[0][0]
     meta = index.metadata

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -37,3 +42,51 @@ def pool_data_args() -> list[str]:
         "image_size=32",
     )
     return [arg for opt in options for arg in ("--set", opt)]
+
+
+Reply = tuple[int, str]
+
+
+class Endpoint:
+    """A chat-completions server whose reply is ``policy(number of images in the request)``."""
+
+    def __init__(self, policy: Callable[[int], Reply]) -> None:
+        self.policy = policy
+        self.requests: list[int] = []
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                images = sum(
+                    1
+                    for m in body["messages"]
+                    if isinstance(m["content"], list)
+                    for part in m["content"]
+                    if part["type"] == "image_url"
+                )
+                endpoint.requests.append(images)
+                status, text = endpoint.policy(images)
+                reply = {"choices": [{"message": {"role": "assistant", "content": text}}]}
+                payload = json.dumps(reply if status == 200 else {"error": text}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+
+@pytest.fixture
+def endpoint() -> Iterator[Endpoint]:
+    server = Endpoint(lambda n: (200, "a"))
+    thread = threading.Thread(target=server.httpd.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    yield server
+    server.httpd.shutdown()
+    server.httpd.server_close()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import pytest
 import torch
 
@@ -49,7 +51,7 @@ def test_train_cci_writes_a_loadable_encoder(
 
 
 @pytest.mark.slow
-def test_retrieval_eval_smoke(pool: Path, tmp_path: Path) -> None:
+def test_retrieval_eval_smoke(pool: Path, tmp_path: Path, endpoint: Any) -> None:
     from medcl.config import build_config
     from medcl.retrieval.evaluate import RetrievalEvalConfig, run_retrieval_eval
 
@@ -71,9 +73,17 @@ def test_retrieval_eval_smoke(pool: Path, tmp_path: Path) -> None:
                 "batch_size": 12,
                 "train": {"max_steps": 2, "device": "cpu", "ckpt_every": 0, "progress": False},
             },
+            "lmm": {
+                "base_url": endpoint.url,
+                "model": "m",
+                "ks": [1, 3],
+                "max_queries": 5,
+                "max_retries": 0,
+            },
             "out_dir": str(tmp_path / "eval"),
         },
     )
+    endpoint.policy = lambda n_images: (500, "busy") if n_images == 2 else (200, "a")
     rows, table = run_retrieval_eval(cfg, data_root=pool)
     assert {r.selector for r in rows} == {"random", "topk (random init)", "topk", "invariant"}
     assert {r.k for r in rows} == {1, 3}
@@ -85,5 +95,24 @@ def test_retrieval_eval_smoke(pool: Path, tmp_path: Path) -> None:
     assert "| invariant |" in table
     assert (tmp_path / "eval" / "results.png").is_file()
     # a second run reuses the CCI encoder and the cached embeddings
+    # the LMM arm: zero-shot (1 image) and k=1 / k=3 episodes for each selector, 5 queries each
+    lmm = pd.read_csv(tmp_path / "eval" / "lmm_results.csv")
+    assert set(zip(lmm.selector, lmm.k, strict=True)) == {("zero-shot", 0)} | {
+        (s, k) for s in ("random", "topk", "invariant") for k in (1, 3)
+    }
+    assert (lmm.n == 5).all()
+    # k=1 episodes (2 images) got HTTP 500: failed rows, not a crash
+    assert (lmm[lmm.k == 1].error_rate == 1.0).all() and (lmm[lmm.k == 3].error_rate == 0).all()
+    assert "| zero-shot | 0 |" in table and (tmp_path / "eval" / "lmm_results.png").is_file()
+    asked = len(endpoint.requests)
+    # 5 zero-shot + 15 failed k=1 requests; k=3 episodes showing the same demonstrations in
+    # the same order (e.g. topk and invariant) are answered from the client's cache
+    assert 5 + 15 + 1 <= asked <= 5 + 3 * 2 * 5
+    # a second run reuses the CCI encoder, the cached embeddings and the kept answers
+    endpoint.policy = lambda n_images: (200, "b")
     again, _ = run_retrieval_eval(cfg, data_root=pool)
     assert again == rows
+    assert 0 < len(endpoint.requests) - asked <= 15  # only the failed k=1 episodes asked again
+    lmm = pd.read_csv(tmp_path / "eval" / "lmm_results.csv")
+    assert (lmm.error_rate == 0).all()
+    assert (lmm[lmm.k == 1].lmm_accuracy > 0).all()  # now answered "b"

@@ -141,3 +141,59 @@ def test_predict_parses_the_endpoint_answer(
     ]
     assert main(args) == 0
     assert "answer: b" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("mode", "size", "problem"),
+    [
+        ("L", (40, 40), "query has 1 channel (mode L) but the pool holds RGB colour images"),
+        ("RGB", (40, 12), "query is 40x12 px; its shorter side must be at least 32 px"),
+    ],
+)
+def test_query_of_wrong_channels_or_size_is_refused(
+    index_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    mode: str,
+    size: tuple[int, int],
+    problem: str,
+) -> None:
+    from PIL import Image
+
+    query = tmp_path / f"query_{mode}.png"
+    Image.new(mode, size, 120).save(query)
+    args = ["retrieval", "prompt", str(query), "--index", str(index_dir)]
+    assert main([*args, "--encoder", "timm:resnet18", "--image-size", "32"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(query) in err and problem in err
+
+
+def test_rgba_and_palette_queries_are_converted(
+    pool: Path, index_dir: Path, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    rgb = Image.open(pool / "images" / "B" / "a" / "Ba1.png").convert("RGB")
+    for mode in ("RGBA", "P"):
+        query = tmp_path / f"q_{mode}.png"
+        rgb.convert(mode).save(query)
+        args = ["retrieval", "prompt", str(query), "--index", str(index_dir), "-k", "2"]
+        args += ["--encoder", "timm:resnet18", "--image-size", "32", "--out", str(tmp_path / mode)]
+        assert main(args) == 0
+        episode = json.loads((tmp_path / mode / "episode.json").read_text())
+        assert len(episode["demonstrations"]) == 2
+
+
+def test_pool_class_missing_from_the_class_map_is_refused(
+    pool: Path, pool_data_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["retrieval", "index", "--encoder", "timm:resnet18", "--data-root", str(pool)]
+    args += ["--out", str(tmp_path / "ix"), *pool_data_args, "--set", "data.classes=[a, b]"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "labels not in the class map data.classes: c" in err and str(pool / "images") in err
+    assert not (tmp_path / "ix" / "index.json").exists()
+    # dropping the unmapped class is the explicit way out
+    assert main([*args, "--set", "data.drop_unmapped=true"]) == 0
+    info = json.loads((tmp_path / "ix" / "index.json").read_text())
+    assert info["count"] == 32
