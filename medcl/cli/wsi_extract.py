@@ -1,0 +1,87 @@
+"""``medcl wsi extract``: tile features for a tiling job (one process, or torchrun for many GPUs).
+
+``add_extract_command(wsi_sub)`` adds the sub-command to the ``medcl wsi`` group;
+``python -m medcl.wsi.features ...`` runs :func:`main` with the same options.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from medcl.cli.common import add_config_args, is_rank_zero, print_summary, resolve_config
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--job", type=Path, default=None, help="tiling job folder (holds patches/)")
+    p.add_argument("--encoder", default=None, help="registry encoder, e.g. timm:resnet50")
+    p.add_argument("--weights", type=Path, default=None, help="local weights for the encoder")
+    p.add_argument("--slides", type=Path, default=None, help="slide folder or CSV (slide,mpp)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--num-workers", type=int, default=None, help="tile-reading processes")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda")
+    p.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--image-size", type=int, default=None, help="encoder input size override")
+    add_config_args(p)
+    p.set_defaults(func=run_extract)
+
+
+def add_extract_command(wsi_sub: Any) -> argparse.ArgumentParser:
+    """Add ``extract`` to the ``medcl wsi`` sub-parsers; returns its parser."""
+    p = wsi_sub.add_parser(
+        "extract",
+        help="encode the tiles of a tiling job into feature bags (resumable, torchrun-aware)",
+        description=(
+            "For each patches/<stem>.h5 of the job writes features_<encoder>/<stem>.h5 "
+            "(features, coords); finished bags are skipped, interrupted ones resumed. Under "
+            "torchrun the slides are shared out over the processes."
+        ),
+    )
+    _add_arguments(p)
+    return p
+
+
+def run_extract(args: argparse.Namespace) -> int:
+    """Handler of ``medcl wsi extract``: resolve the config, run the job, print the summary."""
+    from medcl.wsi.extract_job import ExtractConfig, run_extract_job
+
+    flags = {
+        "job": args.job,
+        "encoder": args.encoder,
+        "weights": args.weights,
+        "slides": args.slides,
+        "batch_size": args.batch_size,
+        "num_workers": args.num_workers,
+        "device": args.device,
+        "precision": args.precision,
+        "image_size": args.image_size,
+    }
+    cfg = resolve_config(ExtractConfig, args, flags)
+    summary = run_extract_job(cfg)
+    if is_rank_zero():
+        print_summary(summary)
+    return 1 if summary["failed"] else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m medcl.wsi.features [options]``: the ``extract`` command on its own."""
+    import sys
+
+    import torch
+
+    from medcl.errors import MedclError
+    from medcl.logging_utils import setup_logging
+
+    parser = argparse.ArgumentParser(prog="python -m medcl.wsi.features")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    _add_arguments(parser)
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    torch.set_flush_denormal(True)  # as the medcl CLI: denormal weights slow CPU inference
+    try:
+        return run_extract(args)
+    except MedclError as exc:
+        print(f"medcl: error: {exc}", file=sys.stderr)
+        return exc.exit_code

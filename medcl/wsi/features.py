@@ -1,0 +1,267 @@
+"""Tile features of one slide into a bag file, resumable: :func:`extract_features`.
+
+Output layout (the WSI contract): ``features`` ``(N, D)`` float32 and ``coords`` ``(N, 2)``
+int64 in the coords file's order (its attrs copied), file attrs ``encoder``, ``embed_dim``,
+``n_tiles``, ``n_done`` and ``complete``. Rows are appended to ``<stem>.partial.h5`` (a resizable,
+chunked dataset) and ``n_done`` is flushed every ``flush_every`` batches and when the run stops;
+a later call resumes from ``n_done``. When every tile is done the partial file gets
+``complete=True`` and is renamed over ``out_path`` atomically, so a file at ``out_path`` is
+always finished. The job over a whole tiling folder is :mod:`medcl.wsi.extract_job`.
+
+Run as ``python -m medcl.wsi.features --job ... --encoder ...`` (also under torchrun) it is the
+``medcl wsi extract`` command.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from medcl.errors import InvalidInputError
+from medcl.io.slides import open_slide
+from medcl.models.encoder_base import Encoder
+from medcl.wsi.tile_dataset import CoordsFile, TileDataset, read_coords_file
+
+logger = logging.getLogger(__name__)
+
+Precision = Literal["fp32", "fp16", "bf16"]
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+#: ``on_batch(batches_done, tiles_done)``, called after each batch is written
+BatchCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    """What one :func:`extract_features` call did.
+
+    Attributes:
+        out_path: the finished bag file (or the partial file when ``complete`` is False).
+        n_tiles: tiles of the slide.
+        n_new: tiles encoded by this call (``n_tiles - resumed_from`` when it finished).
+        resumed_from: tiles already in the partial file when the call started.
+        seconds: wall time of this call.
+        complete: whether the bag is finished.
+    """
+
+    out_path: Path
+    n_tiles: int
+    n_new: int
+    resumed_from: int
+    seconds: float
+    complete: bool
+
+    @property
+    def tiles_per_s(self) -> float:
+        """Tiles encoded per second by this call (reading, transform and forward together)."""
+        return self.n_new / self.seconds if self.seconds > 0 else 0.0
+
+
+def partial_path(out_path: str | Path) -> Path:
+    """``x/slide.h5`` -> ``x/slide.partial.h5``, where an unfinished bag is written."""
+    p = Path(out_path)
+    return p.with_name(f"{p.stem}.partial.h5")
+
+
+def is_complete(path: str | Path) -> bool:
+    """True when ``path`` is a features file whose ``complete`` attr is True."""
+    p = Path(path)
+    if not p.is_file():
+        return False
+    try:
+        with h5py.File(p, "r") as f:
+            return bool(f.attrs.get("complete", False)) and "features" in f
+    except OSError:
+        return False
+
+
+def _open_partial(
+    path: Path, coords: CoordsFile, encoder: Encoder, slide_name: str
+) -> tuple[h5py.File, int]:
+    """Open (resume) or create the partial file; returns it and the number of rows done."""
+    dim = encoder.embed_dim
+    if path.is_file():
+        try:
+            f = h5py.File(path, "a")
+        except OSError as exc:
+            logger.warning("%s: unreadable partial file (%s); starting over", path, exc)
+        else:
+            same = (
+                f.attrs.get("encoder") == encoder.name
+                and int(f.attrs.get("embed_dim", -1)) == dim
+                and "features" in f
+                and "coords" in f
+                and np.array_equal(f["coords"][()], coords.coords)
+            )
+            n_done = int(f.attrs.get("n_done", 0))
+            if same and 0 <= n_done <= len(coords.coords) and f["features"].shape[0] >= n_done:
+                f["features"].resize(n_done, axis=0)  # rows written after the last flush
+                return f, n_done
+            f.close()
+            logger.warning("%s: partial file is for other tiles or encoder; starting over", path)
+        path.unlink()
+    n = len(coords.coords)
+    f = h5py.File(path, "w")
+    f.attrs.update(
+        {
+            "encoder": encoder.name,
+            "embed_dim": dim,
+            "slide": slide_name,
+            "n_tiles": n,
+            "n_done": 0,
+            "complete": False,
+        }
+    )
+    c = f.create_dataset("coords", data=coords.coords.reshape(n, 2).astype(np.int64))
+    c.attrs.update(coords.attrs)
+    chunk_rows = max(1, min(n, 1024))
+    f.create_dataset(
+        "features", shape=(0, dim), maxshape=(None, dim), dtype=np.float32, chunks=(chunk_rows, dim)
+    )
+    return f, 0
+
+
+def _check_slide(slide_path: str | Path, coords: CoordsFile, mpp: float | None) -> None:
+    """Fail before any file is written when the slide is unreadable or lacks the level."""
+    with open_slide(slide_path, mpp=mpp) as slide:
+        if coords.patch_level >= slide.level_count:
+            raise InvalidInputError(
+                slide_path,
+                f"the coords ask for level {coords.patch_level} but the slide has "
+                f"{slide.level_count} levels; were they made on another slide?",
+            )
+
+
+def _loader(
+    dataset: TileDataset, start: int, batch_size: int, num_workers: int, device: torch.device
+) -> DataLoader[tuple[torch.Tensor, int]]:
+    subset = Subset(dataset, range(start, len(dataset)))
+    return DataLoader(
+        subset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if num_workers > 0 else None,
+    )
+
+
+def extract_features(
+    slide_path: str | Path,
+    coords_path: str | Path,
+    out_path: str | Path,
+    encoder: Encoder,
+    *,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    precision: Precision = "fp32",
+    flush_every: int = 8,
+    max_batches: int | None = None,
+    on_batch: BatchCallback | None = None,
+    mpp: float | None = None,
+) -> ExtractResult:
+    """Encode every tile listed in ``coords_path`` and write the bag to ``out_path``.
+
+    Args:
+        slide_path: the slide the coords were made on.
+        coords_path: its coords HDF5 (see :func:`~medcl.wsi.tile_dataset.read_coords_file`).
+        out_path: the bag file to write (``features_<encoder>/<stem>.h5``).
+        encoder: moved to ``device`` and put in eval mode; tiles go through its
+            ``eval_transform``.
+        batch_size, num_workers: of the tile DataLoader (workers read tiles in parallel).
+        precision: ``"fp32"``, or autocast to ``"fp16"`` / ``"bf16"`` (features stored float32).
+        flush_every: batches between flushes of the partial file (and its ``n_done``).
+        max_batches: stop after this many batches, leaving a resumable partial file.
+        on_batch: called as ``on_batch(batches_done, tiles_done)`` after each written batch; an
+            exception it raises stops the run the same way (the rows written are kept).
+        mpp: microns per pixel for a slide without it (given to open_slide; reads need none).
+
+    Returns:
+        An :class:`ExtractResult`; ``complete`` is False when stopped by ``max_batches``.
+    """
+    if batch_size < 1 or flush_every < 1:
+        raise ValueError(
+            f"batch_size and flush_every must be >= 1, got {batch_size}, {flush_every}"
+        )
+    if precision not in ("fp32", *_DTYPES):
+        raise ValueError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
+    start_time = time.perf_counter()
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    coords = read_coords_file(coords_path)
+    n = len(coords.coords)
+    dev = torch.device(device)
+    encoder = encoder.to(dev).eval()
+    if n:
+        _check_slide(slide_path, coords, mpp)
+    tmp = partial_path(out)
+    f, n_done = _open_partial(tmp, coords, encoder, Path(slide_path).name)
+    resumed_from = n_done
+    if resumed_from:
+        logger.info("%s: resuming at tile %d of %d", out.name, resumed_from, n)
+    batches = 0
+    try:
+        if n_done < n:
+            dataset = TileDataset.from_coords_file(
+                slide_path, coords, encoder.eval_transform, mpp=mpp
+            )
+            autocast = (
+                torch.autocast(dev.type, dtype=_DTYPES[precision])
+                if precision in _DTYPES
+                else nullcontext()
+            )
+            features = f["features"]
+            with torch.inference_mode(), autocast:
+                for images, index in _loader(dataset, n_done, batch_size, num_workers, dev):
+                    if max_batches is not None and batches >= max_batches:
+                        break
+                    if int(index[0]) != n_done:  # the loader must keep the coords order
+                        raise RuntimeError(f"tile {int(index[0])} arrived, {n_done} expected")
+                    emb = encoder(images.to(dev, non_blocking=True)).float().cpu().numpy()
+                    features.resize(n_done + len(emb), axis=0)
+                    features[n_done:] = emb
+                    n_done += len(emb)
+                    batches += 1
+                    if batches % flush_every == 0:
+                        f.attrs["n_done"] = n_done
+                        f.flush()
+                    if on_batch is not None:
+                        on_batch(batches, n_done)
+        elif n == 0:
+            logger.warning("%s: the slide has no tiles; writing an empty bag", out.name)
+        complete = n_done == n
+        f.attrs["complete"] = complete
+    finally:
+        f.attrs["n_done"] = n_done  # the rows before n_done are written whatever stopped us
+        f.close()
+    seconds = time.perf_counter() - start_time
+    result = ExtractResult(
+        out_path=out if complete else tmp,
+        n_tiles=n,
+        n_new=n_done - resumed_from,
+        resumed_from=resumed_from,
+        seconds=seconds,
+        complete=complete,
+    )
+    if complete:
+        tmp.replace(out)  # atomic: a file at out_path is always finished
+        logger.info("%s: %d tiles, %.1f tiles/s", out.name, n, result.tiles_per_s)
+    return result
+
+
+if __name__ == "__main__":  # pragma: no cover - exercised through a subprocess in the tests
+    import sys
+
+    from medcl.cli.wsi_extract import main
+
+    sys.exit(main())
