@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from medcl.cli import wsi_extract
 from medcl.cli.common import add_config_args, add_workspace_arg, print_summary, resolve_config
 
 
@@ -14,12 +15,7 @@ def add_parser(sub: Any) -> None:
     group.set_defaults(group_parser=group)
     cmds = group.add_subparsers(dest="wsi_command", metavar="COMMAND")
     add_tile_command(cmds)
-    try:
-        from medcl.cli import wsi_extract
-
-        wsi_extract.add_extract_command(cmds)
-    except ImportError:  # pragma: no cover - the extract command ships in its own module
-        pass
+    wsi_extract.add_extract_command(cmds)
 
 
 def add_tile_command(cmds: Any) -> argparse.ArgumentParser:
