@@ -18,6 +18,7 @@ from medcl.cli import demo as demo_cmd
 from medcl.cli import evaluate as eval_cmd
 from medcl.cli import pretrain as pretrain_cmd
 from medcl.cli import retrieval as retrieval_cmd
+from medcl.cli import review as review_cmd
 from medcl.cli import wsi as wsi_cmd
 from medcl.errors import MedclError
 from medcl.logging_utils import setup_logging
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain_cmd.add_parser(sub)
     retrieval_cmd.add_parser(sub)
     wsi_cmd.add_parser(sub)
+    review_cmd.add_parser(sub)
     eval_cmd.add_parser(sub)
     demo_cmd.add_parser(sub)
     return parser
