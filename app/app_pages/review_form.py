@@ -1,0 +1,120 @@
+"""The review form of a case and its history (used by the case page, not a page itself).
+
+The form is submitted through a callback bound to the case version that was on screen, so a
+review entered while someone else reviewed the same case raises ``ConflictError`` instead of
+silently overwriting it; the other review is then shown next to the form.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from medcl.review import service
+from medcl.review.auth import UserInfo
+from medcl.review.db import Store
+from medcl.review.errors import ConflictError, ReviewError
+from medcl.review.service import CaseDetail, ReviewInfo
+
+DECISIONS = ("accept", "reject", "correct")
+NOT_GIVEN = "not given"
+OTHER = "(type below)"
+
+
+def known_labels(detail: CaseDetail) -> list[str]:
+    """Labels a corrected label can be picked from: scores, prediction, case-kind labels."""
+    art: dict[str, Any] = detail.artifacts or {}
+    found = [*detail.scores.keys(), detail.summary.label]
+    found += [str(v) for v in (art.get("labels") or {}).values()]
+    found += [str(d.get("label")) for d in art.get("demonstrations") or [] if d.get("label")]
+    if art.get("true_label"):
+        found.append(str(art["true_label"]))
+    return sorted({x for x in found if x})
+
+
+def review_rows(reviews: list[ReviewInfo]) -> list[dict[str, Any]]:
+    return [
+        {
+            "time": str(r.created)[:19],
+            "reviewer": r.reviewer,
+            "decision": r.decision,
+            "corrected label": r.corrected_label or "",
+            "confidence": r.confidence,
+            "comment": r.comment,
+            "version": r.case_version,
+        }
+        for r in reviews
+    ]
+
+
+def _submit(store: Store, user: UserInfo, case_id: int, shown_version: int) -> None:
+    state = st.session_state
+    picked = state.get(f"review_label_{case_id}", OTHER)
+    typed = str(state.get(f"review_other_{case_id}", "")).strip()
+    label = typed or (None if picked == OTHER else picked)
+    confidence = state.get(f"review_confidence_{case_id}", NOT_GIVEN)
+    state.pop(f"review_conflict_{case_id}", None)
+    try:
+        saved = service.submit_review(
+            store,
+            user,
+            case_id,
+            decision=state.get(f"review_decision_{case_id}", "accept"),
+            corrected_label=label,
+            comment=str(state.get(f"review_comment_{case_id}", "")),
+            confidence=None if confidence == NOT_GIVEN else int(confidence),
+            expected_version=shown_version,
+        )
+    except ConflictError as exc:
+        other = exc.current.reviews[:1]
+        state[f"review_conflict_{case_id}"] = (str(exc), review_rows(other))
+    except ReviewError as exc:
+        state[f"review_message_{case_id}"] = ("error", str(exc))
+    else:
+        state[f"review_message_{case_id}"] = (
+            "success",
+            f"Review saved: {saved.decision} (case version {saved.case_version + 1}).",
+        )
+        state[f"review_comment_{case_id}"] = ""
+        state[f"review_other_{case_id}"] = ""
+
+
+def render(store: Store, user: UserInfo, detail: CaseDetail) -> None:
+    """Draw the form (decision, corrected label, comment, confidence) and the history."""
+    case_id = detail.summary.id
+    st.subheader("Your review")
+    conflict = st.session_state.get(f"review_conflict_{case_id}")
+    if conflict is not None:
+        message, other = conflict
+        st.error(message)
+        st.caption("The review saved meanwhile:")
+        st.table(other, hide_index=True)
+        st.caption("Your entries are kept below; submit again to add your review on top.")
+    message = st.session_state.pop(f"review_message_{case_id}", None)
+    if message is not None:
+        (st.success if message[0] == "success" else st.error)(message[1])
+    with st.form(f"review_form_{case_id}"):
+        st.radio("Decision", DECISIONS, key=f"review_decision_{case_id}", horizontal=True)
+        st.selectbox(
+            "Corrected label",
+            [OTHER, *known_labels(detail)],
+            key=f"review_label_{case_id}",
+            help="Used when the decision is 'correct'.",
+        )
+        st.text_input("Other label (free text, wins over the list)", key=f"review_other_{case_id}")
+        st.text_area("Comment", key=f"review_comment_{case_id}")
+        st.select_slider(
+            "Confidence", [NOT_GIVEN, 1, 2, 3, 4, 5], key=f"review_confidence_{case_id}"
+        )
+        st.form_submit_button(
+            "Submit review",
+            type="primary",
+            on_click=_submit,
+            args=(store, user, case_id, detail.version),
+        )
+    st.subheader("History")
+    if detail.reviews:
+        st.table(review_rows(detail.reviews), hide_index=True)
+    else:
+        st.caption("No review yet.")

@@ -1,0 +1,273 @@
+"""Rendering logic of the review pages: pure functions on arrays, file reads at the edges.
+
+Pages in ``app/app_pages`` call these and only display the results, so everything shown to a
+reviewer is tested here without a browser:
+
+- volumes: a slice in the axial, coronal or sagittal plane (radiological convention: patient's
+  right on the viewer's left, anterior / superior up) with the predicted mask blended in per
+  class, an opacity and per-class toggles; Dice per class against a ground truth;
+- slides: see :mod:`medcl.review.slide_views`;
+- retrieval: the demonstrations as table rows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+from medcl.errors import InvalidInputError
+from medcl.metrics import dice_per_class
+
+Plane = Literal["axial", "coronal", "sagittal"]
+PLANES: tuple[Plane, ...] = ("axial", "coronal", "sagittal")
+#: Array axis (of a RAS array) that each plane cuts through.
+PLANE_AXIS: dict[Plane, int] = {"axial": 2, "coronal": 1, "sagittal": 0}
+#: Colour of class ``c`` is ``PALETTE[(c - 1) % len(PALETTE)]`` (class 0 is background).
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 190),
+)
+
+
+# ---------------------------------------------------------------------------- volumes
+def class_colour(c: int) -> tuple[int, int, int]:
+    """RGB colour of foreground class ``c >= 1``."""
+    if c < 1:
+        raise ValueError(f"class {c} is background and has no colour")
+    return PALETTE[(c - 1) % len(PALETTE)]
+
+
+def intensity_window(
+    array: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5)
+) -> tuple[float, float]:
+    """``(lo, hi)`` display window from percentiles of ``array`` (hi > lo always)."""
+    lo, hi = (float(v) for v in np.percentile(array, percentiles))
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
+
+
+def to_gray_uint8(image: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """Map ``image`` (any shape) linearly from ``window`` to 0..255 uint8, clipped."""
+    lo, hi = window
+    scaled = (np.asarray(image, dtype=np.float64) - lo) / max(hi - lo, 1e-12) * 255.0
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def plane_slice(array: np.ndarray, plane: Plane, index: int) -> np.ndarray:
+    """One slice of a RAS-oriented ``(X, Y, Z)`` array, rows top to bottom as displayed.
+
+    axial: rows anterior -> posterior, columns right -> left; coronal: rows superior ->
+    inferior, columns right -> left; sagittal: rows superior -> inferior, columns anterior ->
+    posterior. ``index`` counts along :data:`PLANE_AXIS` of the plane.
+
+    Returns:
+        ``(rows, columns)`` view of ``array``.
+    """
+    if array.ndim != 3:
+        raise ValueError(f"expected an (X, Y, Z) array, got shape {array.shape}")
+    axis = PLANE_AXIS[plane]
+    if not 0 <= index < array.shape[axis]:
+        raise ValueError(f"{plane} slice {index} out of range 0..{array.shape[axis] - 1}")
+    if plane == "axial":
+        return array[::-1, ::-1, index].T
+    if plane == "coronal":
+        return array[::-1, index, ::-1].T
+    return array[index, ::-1, ::-1].T
+
+
+def plane_aspect(spacing: Sequence[float], plane: Plane) -> float:
+    """Row spacing over column spacing of :func:`plane_slice` for voxel ``spacing`` (x, y, z)."""
+    sx, sy, sz = (float(s) for s in spacing)
+    return {"axial": sy / sx, "coronal": sz / sx, "sagittal": sz / sy}[plane]
+
+
+def overlay_mask(
+    gray: np.ndarray,
+    mask: np.ndarray | None,
+    *,
+    opacity: float = 0.5,
+    visible: Collection[int] | None = None,
+) -> np.ndarray:
+    """Blend the classes of ``mask`` over a grey image.
+
+    Args:
+        gray: ``(H, W)`` uint8 image.
+        mask: ``(H, W)`` integer classes (0 background) or None.
+        opacity: 0 leaves the image unchanged, 1 paints the class colour.
+        visible: classes to draw; None draws every foreground class.
+
+    Returns:
+        ``(H, W, 3)`` uint8 RGB: ``round((1 - opacity) * gray + opacity * colour)`` on drawn
+        voxels, ``gray`` elsewhere.
+    """
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f"opacity must be in [0, 1], got {opacity}")
+    rgb = np.repeat(np.asarray(gray, dtype=np.uint8)[..., None], 3, axis=2)
+    if mask is None or opacity == 0.0:
+        return rgb
+    if mask.shape != gray.shape:
+        raise ValueError(f"mask shape {mask.shape} differs from image shape {gray.shape}")
+    out = rgb.astype(np.float64)
+    for value in np.unique(mask):
+        c = int(value)
+        if c <= 0 or (visible is not None and c not in visible):
+            continue
+        sel = mask == c
+        out[sel] = (1.0 - opacity) * out[sel] + opacity * np.asarray(class_colour(c), float)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def render_volume_slice(
+    image: np.ndarray,
+    mask: np.ndarray | None,
+    plane: Plane,
+    index: int,
+    *,
+    window: tuple[float, float],
+    opacity: float = 0.5,
+    visible: Collection[int] | None = None,
+    aspect: float = 1.0,
+) -> np.ndarray:
+    """RGB uint8 slice of a RAS ``(X, Y, Z)`` volume with its mask blended in.
+
+    Rows are repeated (nearest neighbour) by ``aspect`` (see :func:`plane_aspect`) so that
+    anisotropic voxels look right; ``aspect == 1`` keeps the voxel grid.
+    """
+    gray = to_gray_uint8(plane_slice(image, plane, index), window)
+    labels = None if mask is None else plane_slice(mask, plane, index)
+    rgb = overlay_mask(gray, labels, opacity=opacity, visible=visible)
+    rows = max(1, round(rgb.shape[0] * aspect))
+    if rows != rgb.shape[0]:
+        rgb = np.asarray(
+            Image.fromarray(rgb).resize((rgb.shape[1], rows), Image.Resampling.NEAREST)
+        )
+    return rgb
+
+
+def enlarge(rgb: np.ndarray, min_edge: int = 256) -> np.ndarray:
+    """Repeat pixels by the smallest integer factor making the longer edge ``>= min_edge``.
+
+    Small slices then stay crisp in the browser, which would otherwise smooth them.
+    """
+    factor = max(1, -(-min_edge // max(rgb.shape[:2])))
+    return rgb if factor == 1 else np.repeat(np.repeat(rgb, factor, axis=0), factor, axis=1)
+
+
+def class_names(mask: np.ndarray, labels: Mapping[str, str] | None) -> dict[int, str]:
+    """Foreground classes present in ``mask`` or named in ``labels``, with their names."""
+    names = {int(k): str(v) for k, v in (labels or {}).items() if int(k) > 0}
+    for c in np.unique(mask):
+        if int(c) > 0:
+            names.setdefault(int(c), f"class {int(c)}")
+    return dict(sorted(names.items()))
+
+
+def dice_rows(
+    pred: np.ndarray, truth: np.ndarray, labels: Mapping[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """Dice of each foreground class (``medcl.metrics.dice_per_class``) as table rows.
+
+    Returns:
+        ``[{"class": c, "name": ..., "dice": float or None}]``; None for a class absent
+        from both maps.
+    """
+    names = class_names(np.concatenate([pred.ravel(), truth.ravel()]), labels)
+    if not names:
+        return []
+    dice = dice_per_class(pred, truth, max(names) + 1)
+    return [
+        {"class": c, "name": n, "dice": None if math.isnan(dice[c - 1]) else float(dice[c - 1])}
+        for c, n in names.items()
+    ]
+
+
+@dataclass
+class VolumeCase:
+    """Image, predicted mask and optional ground truth of one case, all RAS ``(X, Y, Z)``."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    ground_truth: np.ndarray | None
+    spacing: tuple[float, float, float]
+
+
+def _to_ras(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+
+    transform = ornt_transform(io_orientation(affine), axcodes2ornt(("R", "A", "S")))
+    return np.ascontiguousarray(apply_orientation(array, transform))
+
+
+def load_volume_case(image: Path, mask: Path, ground_truth: Path | None = None) -> VolumeCase:
+    """Read a volume case (any format of :mod:`medcl.io.volumes`) and orient it RAS.
+
+    Raises:
+        InvalidInputError / AlignmentError: unreadable files, or a mask off the image's grid.
+    """
+    from medcl.io.volumes import read_label, read_volume
+
+    vol = read_volume(image)
+    pred = read_label(mask, vol)
+    truth = read_label(ground_truth, vol) if ground_truth is not None else None
+    ras = _to_ras(vol.array, vol.affine)
+    sx, sy, sz = vol.spacing
+    perm = [int(a) for a in np.abs(np.asarray(vol.affine[:3, :3])).argmax(axis=0)]
+    spacing = [0.0, 0.0, 0.0]
+    for axis, world in enumerate(perm):
+        spacing[world] = (sx, sy, sz)[axis]
+    return VolumeCase(
+        image=ras,
+        mask=_to_ras(pred.array, vol.affine),
+        ground_truth=None if truth is None else _to_ras(truth.array, vol.affine),
+        spacing=(spacing[0], spacing[1], spacing[2]),
+    )
+
+
+# ---------------------------------------------------------------------------- images
+def load_rgb(path: Path, max_size: int | None = None) -> np.ndarray:
+    """Read an image file as ``(H, W, 3)`` uint8 RGB, shrunk to ``max_size`` on its longer side."""
+    try:
+        with Image.open(path) as img:
+            rgb = img.convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(path, f"cannot read image ({exc})") from exc
+    if max_size is not None and max(rgb.size) > max_size:
+        rgb.thumbnail((max_size, max_size), Image.Resampling.LANCZOS)
+    return np.asarray(rgb)
+
+
+# ---------------------------------------------------------------------------- retrieval
+def demonstration_rows(
+    demonstrations: Sequence[Mapping[str, Any]], true_label: str | None = None
+) -> list[dict[str, Any]]:
+    """Table rows for the retrieved demonstrations, most similar first.
+
+    Returns:
+        ``[{"rank", "label", "similarity", "domain", "file", "same_as_truth"}]``;
+        ``same_as_truth`` is None without a true label.
+    """
+    ordered = sorted(demonstrations, key=lambda d: -float(d.get("similarity") or 0.0))
+    return [
+        {
+            "rank": i + 1,
+            "label": str(d.get("label", "")),
+            "similarity": round(float(d.get("similarity") or 0.0), 3),
+            "domain": str(d.get("domain") or ""),
+            "file": Path(str(d.get("path", ""))).name,
+            "same_as_truth": None if true_label is None else str(d.get("label")) == true_label,
+        }
+        for i, d in enumerate(ordered)
+    ]

@@ -1,0 +1,171 @@
+"""The review app in a real browser: streamlit run + headless Chromium (Playwright sync API).
+
+Screenshots of every step go to ``$MEDCL_SCREENSHOTS`` (or the test's tmp folder); the path is
+printed. Skipped when /usr/bin/chromium is missing (Playwright's own browsers are never
+downloaded).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from review_seed import CASE_KEYS, REVIEWER, Seeded, seed
+
+CHROMIUM = Path("/usr/bin/chromium")
+REPO = Path(__file__).resolve().parents[2]
+TIMEOUT_MS = 30_000
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} not installed"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.read().strip() == b"ok":
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"streamlit did not answer on {url} within {timeout_s:.0f} s")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, Seeded]]:
+    data = seed(tmp_path / "store")
+    port = _free_port()
+    env = {
+        **os.environ,
+        "MEDCL_REVIEW_DB": data.url,
+        "MEDCL_WORKSPACE": str(data.root),
+        "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
+    }
+    log = (tmp_path / "streamlit.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(REPO / "app" / "streamlit_app.py"),
+            "--server.headless",
+            "true",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--server.fileWatcherType",
+            "none",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc)
+        yield url, data
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_login_review_persist_logout(server: tuple[str, Seeded], tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    url, data = server
+    shots = Path(os.environ.get("MEDCL_SCREENSHOTS") or tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    print(f"screenshots in {shots}")
+    case_id = data.case_ids["slide"]
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        page.set_default_timeout(TIMEOUT_MS)
+
+        def login() -> None:
+            page.get_by_label("Username", exact=True).fill(REVIEWER[0])
+            page.get_by_label("Password", exact=True).fill(REVIEWER[1])
+            page.get_by_role("button", name="Log in").click()
+
+        def shot(name: str) -> None:
+            page.wait_for_timeout(800)  # let images and fragments settle
+            page.screenshot(path=str(shots / name), full_page=True)
+
+        page.goto(url)
+        expect(page.get_by_text("medcl review: log in")).to_be_visible()
+        shot("01_login.png")
+        login()
+        expect(page.get_by_role("heading", name="Worklist")).to_be_visible()
+        expect(page.get_by_text(CASE_KEYS["slide"])).to_be_visible()
+        shot("02_worklist.png")
+
+        for n, kind, ready in ((3, "volume", "Dice per class"), (4, "retrieval", "Query image")):
+            page.get_by_text(CASE_KEYS[kind]).click()
+            expect(page.get_by_role("heading", name=CASE_KEYS[kind])).to_be_visible()
+            expect(page.get_by_text(ready, exact=False).first).to_be_visible()
+            shot(f"{n:02d}_{kind}_case.png")
+            page.get_by_role("link", name="Worklist").click()
+            expect(page.get_by_role("heading", name="Worklist")).to_be_visible()
+        page.get_by_text(CASE_KEYS["slide"]).click()
+        expect(page.get_by_role("heading", name=CASE_KEYS["slide"])).to_be_visible()
+        expect(page.get_by_text("Zoom at full resolution")).to_be_visible()
+        shot("05_slide_case.png")
+
+        page.get_by_text("correct", exact=True).click()
+        page.get_by_label("Other label (free text, wins over the list)").fill("normal")
+        page.get_by_label("Comment").fill("stroma, not tumour")
+        page.get_by_role("button", name="Submit review").click()
+        expect(page.get_by_text("Review saved: correct (case version 1).")).to_be_visible()
+        shot("06_review_saved.png")
+
+        # A reload starts a new browser session: log in again through the deep link.
+        page.reload()
+        expect(page.get_by_text(f"Log in to open case {case_id}.")).to_be_visible()
+        shot("07_reload_login.png")
+        login()
+        expect(page.get_by_role("heading", name=CASE_KEYS["slide"])).to_be_visible()
+        expect(page.get_by_text("stroma, not tumour").first).to_be_visible()
+        assert re.search(r"/case\?case=" + str(case_id), page.url), page.url
+        page.get_by_role("heading", name="History").scroll_into_view_if_needed()
+        shot("08_after_reload.png")
+
+        page.get_by_role("link", name="Log out").click()
+        expect(page.get_by_text("medcl review: log in")).to_be_visible()
+        page.goto(f"{url}/case?case={case_id}")
+        expect(page.get_by_text("medcl review: log in")).to_be_visible()
+        expect(page.get_by_text(f"Log in to open case {case_id}.")).to_be_visible()
+        assert page.get_by_text("Zoom at full resolution").count() == 0
+        assert page.get_by_text("stroma, not tumour").count() == 0
+        shot("09_logged_out_deep_link.png")
+        browser.close()

@@ -1,0 +1,254 @@
+"""The review app's pages driven through Streamlit's AppTest (no browser)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from review_seed import ADMIN, CASE_KEYS, REVIEWER, Seeded
+from streamlit.testing.v1 import AppTest
+
+from medcl.review import auth, service
+from medcl.review.auth import UserInfo
+from medcl.review.db import Store
+
+APP_DIR = Path(__file__).resolve().parents[2] / "app"
+APP = str(APP_DIR / "streamlit_app.py")
+
+
+def _texts(at: AppTest) -> str:
+    """Every text the page shows (titles, markdown, captions, alerts, metrics)."""
+    parts: list[str] = []
+    for group in (
+        at.title,
+        at.header,
+        at.subheader,
+        at.markdown,
+        at.caption,
+        at.info,
+        at.warning,
+        at.error,
+        at.success,
+    ):
+        parts += [str(e.value) for e in group]
+    parts += [f"{m.label}={m.value}" for m in at.metric]
+    return "\n".join(parts)
+
+
+def _links(at: AppTest) -> list[str]:
+    return [str(e.proto.label) for e in at.get("page_link")]
+
+
+def _login(at: AppTest, user: tuple[str, str]) -> AppTest:
+    at.text_input(key="login_username").set_value(user[0])
+    at.text_input(key="login_password").set_value(user[1])
+    at.button[0].click()
+    return at.run()
+
+
+def _app(user: tuple[str, str] | None = REVIEWER) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=30).run()
+    return _login(at, user) if user else at
+
+
+def _open_case(at: AppTest, case_id: int) -> AppTest:
+    at.query_params["case"] = str(case_id)
+    return at.switch_page("app_pages/case.py").run()
+
+
+def test_login_wrong_password_then_right(seeded: Seeded) -> None:
+    at = _app(None)
+    assert at.title[0].value == "medcl review: log in"
+    _login(at, (REVIEWER[0], "wrong-password"))
+    assert [e.value for e in at.error] == ["invalid username or password"]
+    assert "session_token" not in at.session_state
+    _login(at, REVIEWER)
+    assert not at.exception
+    assert at.title[0].value == "Worklist"
+    assert "Signed in as **alice** (reviewer)" in [c.value for c in at.sidebar.caption]
+
+
+def test_worklist_lists_filters_and_sorts(seeded: Seeded) -> None:
+    at = _app()
+    # default sort: most uncertain first (slide 0.45, retrieval 0.30, volume 0.10)
+    assert _links(at) == [CASE_KEYS["slide"], CASE_KEYS["retrieval"], CASE_KEYS["volume"]]
+    assert "3 case(s); page 1 of 1" in _texts(at)
+    at.selectbox(key="worklist_kind").set_value("volume").run()
+    assert _links(at) == [CASE_KEYS["volume"]]
+    at.selectbox(key="worklist_kind").set_value("(all)")
+    at.selectbox(key="worklist_site").set_value("hospital-a").run()
+    assert _links(at) == [CASE_KEYS["slide"], CASE_KEYS["retrieval"]]
+    at.selectbox(key="worklist_sort").set_value("least uncertain first").run()
+    assert _links(at) == [CASE_KEYS["retrieval"], CASE_KEYS["slide"]]
+    at.text_input(key="worklist_search").set_value("nothing-like-this").run()
+    assert _links(at) == [] and "No case matches these filters." in _texts(at)
+
+
+def _captions(at: AppTest) -> list[str]:
+    from streamlit.testing.v1.element_tree import Image
+
+    return [c for e in at.get("image") if isinstance(e, Image) for c in e.captions]
+
+
+def test_slide_case_renders(seeded: Seeded) -> None:
+    case_id = seeded.case_ids["slide"]
+    at = _open_case(_app(), case_id)
+    assert not at.exception and not at.error
+    assert at.title[0].value == CASE_KEYS["slide"]
+    text = _texts(at)
+    assert "Predicted label=tumor" in text and "Slide tiny.tif: 256 x 192 px at level 0" in text
+    assert _captions(at) == [
+        "Thumbnail with heatmap; box = zoom",
+        "Zoom at full resolution: x=0, y=0, 256 x 192 px",  # 512 asked, clamped to the slide
+        "tile_0.png",
+        "tile_1.png",
+    ]
+    at.number_input(key=f"slide_{case_id}_zoom_size").set_value(64)
+    at.number_input(key=f"slide_{case_id}_zoom_x").set_value(250).run()
+    assert "Zoom at full resolution: x=192, y=0, 64 x 64 px" in _captions(at)
+
+
+def test_volume_case_renders_with_dice(seeded: Seeded) -> None:
+    at = _open_case(_app(), seeded.case_ids["volume"])
+    assert not at.exception and not at.error
+    key = f"volume_{seeded.case_ids['volume']}"
+    assert at.slider(key=f"{key}_axial_slice").value == 2
+    assert at.checkbox(key=f"{key}_class_1").label == "liver"
+    dice = at.dataframe[-1].value
+    assert dice["name"].tolist() == ["liver"]
+    assert dice["dice"].tolist() == [pytest.approx(2 * 12 / (16 + 12))]
+    at.radio(key=f"{key}_plane").set_value("sagittal").run()
+    assert at.slider(key=f"{key}_sagittal_slice").max == 7
+
+
+def test_retrieval_case_renders(seeded: Seeded) -> None:
+    at = _open_case(_app(), seeded.case_ids["retrieval"])
+    assert not at.exception and not at.error
+    rows = next(df for df in (d.value for d in at.dataframe) if "similarity" in df.columns)
+    assert rows["label"].tolist() == ["nv", "mel"]
+    assert rows["same_as_truth"].tolist() == [False, True]
+    assert "**LMM answer**: nv" in _texts(at)
+
+
+def _submit(at: AppTest, case_id: int, decision: str, label: str = "", comment: str = "") -> None:
+    at.radio(key=f"review_decision_{case_id}").set_value(decision)
+    at.text_input(key=f"review_other_{case_id}").set_value(label)
+    at.text_area(key=f"review_comment_{case_id}").set_value(comment)
+    at.select_slider(key=f"review_confidence_{case_id}").set_value(4)
+    next(b for b in at.button if b.label == "Submit review").click()
+    at.run()
+
+
+def test_review_submit_is_stored(seeded: Seeded) -> None:
+    case_id = seeded.case_ids["slide"]
+    at = _open_case(_app(), case_id)
+    _submit(at, case_id, "correct", "normal", "stroma, not tumour")
+    assert not at.exception
+    assert [s.value for s in at.success] == ["Review saved: correct (case version 1)."]
+    history = next(d.value for d in at.table if "reviewer" in d.value.columns)
+    assert history[["reviewer", "decision", "corrected label", "confidence"]].values.tolist() == [
+        ["alice", "correct", "normal", 4]
+    ]
+    store = Store.open(seeded.url, workspace=seeded.root)
+    rows = service.case_history(store, _user(store, REVIEWER), case_id)
+    assert [
+        (r.reviewer, r.decision, r.corrected_label, r.comment, r.confidence, r.case_version)
+        for r in rows
+    ] == [("alice", "correct", "normal", "stroma, not tumour", 4, 0)]
+
+
+def _user(store: Store, creds: tuple[str, str]) -> UserInfo:
+    return auth.authenticate(store, *creds).user
+
+
+def test_conflict_shows_the_other_review(seeded: Seeded) -> None:
+    case_id = seeded.case_ids["volume"]
+    at = _open_case(_app(), case_id)  # alice sees version 0
+    store = Store.open(seeded.url, workspace=seeded.root)
+    service.submit_review(
+        store,
+        _user(store, ADMIN),
+        case_id,
+        decision="reject",
+        comment="wrong organ",
+        expected_version=0,
+    )
+    _submit(at, case_id, "accept")
+    assert not at.exception
+    (message,) = [e.value for e in at.error]
+    assert message.startswith("case was reviewed by root at ")
+    assert message.endswith("while you were editing; your review was not saved")
+    other = at.table[0].value  # the other review, above the history
+    assert other[["reviewer", "decision", "comment"]].values.tolist() == [
+        ["root", "reject", "wrong organ"]
+    ]
+    assert at.table[1].value["reviewer"].tolist() == ["root"]  # history shows the case as it is
+    assert len(service.case_history(store, _user(store, REVIEWER), case_id)) == 1
+
+
+def test_admin_page_only_for_admins(seeded: Seeded, monkeypatch: pytest.MonkeyPatch) -> None:
+    reviewer = _app()
+    with pytest.raises(ValueError, match="Could not find a navigation page"):
+        reviewer.switch_page("app_pages/admin.py")
+    admin = _app(ADMIN)
+    admin.switch_page("app_pages/admin.py").run()
+    assert not admin.exception and not admin.error
+    assert admin.title[0].value == "Administration"
+    users = admin.dataframe[0].value
+    assert sorted(users["username"].tolist()) == ["alice", "root"]
+    audit = admin.dataframe[1].value
+    assert {"login", "import"} <= set(audit["action"])
+    # the admin page run directly with a reviewer's valid session refuses too
+    monkeypatch.syspath_prepend(str(APP_DIR))
+    direct = AppTest.from_file(str(APP_DIR / "app_pages" / "admin.py"), default_timeout=30)
+    direct.session_state["session_token"] = reviewer.session_state["session_token"]
+    direct.run()
+    assert [e.value for e in direct.error] == ["This page is for administrators."]
+    assert not direct.title and not direct.dataframe
+
+
+@pytest.mark.parametrize("page", ["worklist.py", "case.py", "admin.py"])
+def test_no_page_shows_data_without_a_session(
+    seeded: Seeded, page: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(APP_DIR))
+    at = AppTest.from_file(str(APP_DIR / "app_pages" / page), default_timeout=30)
+    at.query_params["case"] = str(seeded.case_ids["slide"])
+    at.run()
+    assert not at.exception
+    assert [w.value for w in at.warning] == ["Please log in to see this page."]
+    assert not at.title and not at.dataframe and not at.metric
+
+
+def test_deep_link_without_session_shows_login(seeded: Seeded) -> None:
+    at = AppTest.from_file(APP, default_timeout=30)
+    at.query_params["case"] = str(seeded.case_ids["slide"])
+    at.run()
+    assert at.title[0].value == "medcl review: log in"
+    assert CASE_KEYS["slide"] not in _texts(at)
+    assert not at.metric and not at.dataframe and not at.table
+
+
+def test_admin_adds_and_deactivates_users(seeded: Seeded) -> None:
+    at = _app(ADMIN)
+    at.switch_page("app_pages/admin.py").run()
+    at.text_input(key="admin_new_username").set_value("carol")
+    at.text_input(key="admin_new_password").set_value("short")
+    next(b for b in at.button if b.label == "Add user").click()
+    at.run()
+    assert [e.value for e in at.error] == ["password must have at least 8 characters"]
+    at.text_input(key="admin_new_username").set_value("carol")
+    at.text_input(key="admin_new_password").set_value("carol-password-1")
+    next(b for b in at.button if b.label == "Add user").click()
+    at.run()
+    assert [s.value for s in at.success] == ["User carol added."]
+    at.selectbox(key="admin_target_user").set_value("alice")
+    at.button(key="admin_deactivate").click()
+    at.run()
+    assert not at.exception
+    store = Store.open(seeded.url, workspace=seeded.root)
+    users = {u.username: u for u in auth.list_users(store, _user(store, ADMIN))}
+    assert users["carol"].role == "reviewer" and users["carol"].active
+    assert not users["alice"].active
+    actions = [e.action for e in service.audit_log(store, _user(store, ADMIN), limit=50)]
+    assert "add_user" in actions and "set_active" in actions
