@@ -15,6 +15,9 @@ MEDCL_DATA ?= $(abspath $(wildcard ../shared/data))
 export MEDCL_DATA
 export HF_HUB_OFFLINE := 1
 export MPLBACKEND := Agg
+# the browser test saves its screenshots here (look at them after `make test`)
+MEDCL_SCREENSHOTS ?= $(abspath medcl-workspace/screenshots)
+export MEDCL_SCREENSHOTS
 
 .PHONY: venv demo test lint typecheck unit clean-workspace help
 
