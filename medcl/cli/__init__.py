@@ -16,6 +16,7 @@ from medcl import __version__
 from medcl.cli import data as data_cmd
 from medcl.cli import demo as demo_cmd
 from medcl.cli import evaluate as eval_cmd
+from medcl.cli import mil as mil_cmd
 from medcl.cli import pretrain as pretrain_cmd
 from medcl.cli import retrieval as retrieval_cmd
 from medcl.cli import review as review_cmd
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain_cmd.add_parser(sub)
     retrieval_cmd.add_parser(sub)
     wsi_cmd.add_parser(sub)
+    mil_cmd.add_parser(sub)
     review_cmd.add_parser(sub)
     eval_cmd.add_parser(sub)
     demo_cmd.add_parser(sub)

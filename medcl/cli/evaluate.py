@@ -67,6 +67,23 @@ def add_parser(sub: Any) -> None:
     add_workspace_arg(ps)
     ps.set_defaults(func=_patch_ssl)
 
+    mh = cmds.add_parser(
+        "mil-ham",
+        help="HAM10000 MIL bags (melanoma witnesses): mean pooling vs ABMIL vs INS, bag and "
+        "instance AUC over seeds",
+    )
+    mh.add_argument("--data-root", type=Path, default=None, help="folder relative paths use")
+    mh.add_argument(
+        "--readme",
+        type=Path,
+        default=None,
+        help="write the table into this README between the mil-ham markers",
+    )
+    mh.add_argument("--out", dest="out_dir", type=Path, default=None, help="output folder")
+    add_config_args(mh)
+    add_workspace_arg(mh)
+    mh.set_defaults(func=_mil_ham)
+
 
 def _volume_ssl(args: argparse.Namespace) -> int:
     from medcl.pretrain.evaluate import VolumeSSLEvalConfig, run_volume_ssl_eval
@@ -98,6 +115,18 @@ def _patch_ssl(args: argparse.Namespace) -> int:
 
     cfg = resolve_config(PatchSSLEvalConfig, args, {"out_dir": args.out_dir})
     _, table = run_patch_ssl_eval(
+        cfg, workspace=args.workspace, data_root=data_root(args.data_root), readme=args.readme
+    )
+    print(table)
+    return 0
+
+
+def _mil_ham(args: argparse.Namespace) -> int:
+    from medcl.mil.ham_eval import MILHamEvalConfig, run_mil_ham_eval
+    from medcl.workspace import data_root
+
+    cfg = resolve_config(MILHamEvalConfig, args, {"out_dir": args.out_dir})
+    _, table = run_mil_ham_eval(
         cfg, workspace=args.workspace, data_root=data_root(args.data_root), readme=args.readme
     )
     print(table)
