@@ -19,10 +19,12 @@ export MPLBACKEND := Agg
 MEDCL_SCREENSHOTS ?= $(abspath medcl-workspace/screenshots)
 export MEDCL_SCREENSHOTS
 
-.PHONY: venv demo test lint typecheck unit clean-workspace help
+.PHONY: venv demo demo-data test lint typecheck unit clean-workspace help
 
 help:
-	@echo "make demo   set up .venv and run medcl on the sample data (MEDCL_DATA or synthetic)"
+	@echo "make demo   set up .venv, run medcl on the sample data (MEDCL_DATA or synthetic)"
+	@echo "            and serve the review app on http://127.0.0.1:8501"
+	@echo "make demo-data   the same without serving the app"
 	@echo "make test   set up .venv and run lint, type checks and the test suite"
 
 $(STAMP): pyproject.toml
@@ -46,8 +48,15 @@ unit: venv
 
 test: lint typecheck unit
 
+# previews, the three pipelines in quick mode, import into the review store, demo logins, then
+# the review app on http://127.0.0.1:8501 (medcl demo runs `streamlit run app/streamlit_app.py`
+# with MEDCL_WORKSPACE / MEDCL_REVIEW_DB / MEDCL_DATA set); finished stages are skipped
 demo: venv
-	$(BIN)/medcl -v demo $(if $(MEDCL_DATA),--data-root $(MEDCL_DATA),)
+	$(BIN)/medcl -v demo $(if $(MEDCL_DATA),--data-root $(MEDCL_DATA),) --port 8501
+
+# the same without serving the app
+demo-data: venv
+	$(BIN)/medcl -v demo $(if $(MEDCL_DATA),--data-root $(MEDCL_DATA),) --no-serve
 
 clean-workspace:
 	rm -rf medcl-workspace

@@ -46,7 +46,7 @@ def test_demo_on_synthetic_data(
 ) -> None:
     monkeypatch.delenv("MEDCL_DATA", raising=False)
     ws = tmp_path / "ws"
-    assert main(["demo", "--workspace", str(ws)]) == 0
+    assert main(["demo", "--no-serve", "--workspace", str(ws)]) == 0
     out = capsys.readouterr().out
     kinds = [line.split()[0] for line in out.splitlines()[1:4]]
     assert kinds == ["volume", "slide", "images"]

@@ -1,38 +1,110 @@
-"""``medcl demo``: the quick end-to-end run on sample data."""
+"""``medcl demo``: the quick end-to-end run on sample data, then the review app on localhost."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 from medcl.cli.common import add_config_args, add_workspace_arg, resolve_config
+from medcl.errors import MedclError
+
+APP = Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py"
+HOST = "127.0.0.1"
 
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "demo",
-        help="run the pipelines on the sample data in quick mode",
+        help="run the pipelines on the sample data in quick mode and serve the review app",
         description=(
-            "Run medcl on the sample data (--data-root or $MEDCL_DATA; synthetic stand-ins "
-            "when neither is set) and write everything into the workspace."
+            "Preview the sample data, run the volume, slide and retrieval pipelines in quick "
+            "mode on it (--data-root or $MEDCL_DATA; synthetic stand-ins when neither is set), "
+            "import their predictions into the review store, create the demo logins and serve "
+            "the review app on localhost. Re-running skips finished stages."
         ),
     )
     p.add_argument("--data-root", type=Path, default=None, help="real sample-data folder")
+    p.add_argument(
+        "--quick",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="few training steps (default); --no-quick trains longer on more data",
+    )
+    p.add_argument("--no-serve", action="store_true", help="stop after the import (no app)")
+    p.add_argument("--port", type=int, default=8501, help="app port on 127.0.0.1 (8501)")
+    p.add_argument(
+        "--db",
+        default=None,
+        metavar="URL",
+        help="review database URL (default: $MEDCL_REVIEW_DB, else <workspace>/review/review.db)",
+    )
     add_config_args(p)
     add_workspace_arg(p)
     p.set_defaults(func=_demo)
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from medcl.jobs.demo import DemoConfig, run_demo
+    from medcl.jobs.demo import DemoConfig, run_demo, run_demo_pipelines
     from medcl.workspace import data_root, workspace_root
 
     cfg = resolve_config(DemoConfig, args, {})
     ws = workspace_root(args.workspace)
-    results = run_demo(cfg, workspace=ws, data_root=data_root(args.data_root))
+    root = data_root(args.data_root)
+    results = run_demo(cfg, workspace=ws, data_root=root)
     print(f"{'kind':8} {'input':60} preview")
     for res in results:
         print(f"{res.kind:8} {Path(res.summary['path']).name:60} {res.preview}")
-    print(f"workspace: {ws}")
-    return 0
+    summary = run_demo_pipelines(
+        cfg, workspace=ws, data_root=root, quick=args.quick, db_url=args.db
+    )
+    print(f"\n{'stage':10} {'cases':>5} {'seconds':>8}  predictions")
+    for stage in summary.stages:
+        took = "skipped" if stage.skipped else f"{stage.seconds:.1f}"
+        print(f"{stage.stage:10} {stage.cases:5d} {took:>8}  {stage.predictions}")
+    for name, (created, skipped, errors) in summary.imported.items():
+        print(f"import {name}: {created} created, {skipped} already there, {len(errors)} errors")
+        for err in errors:
+            print(f"  {err}")
+    print(f"\nworkspace: {ws}")
+    print(f"review store: {summary.db_url}")
+    url = f"http://{HOST}:{args.port}"
+    print(f"review app: {url}")
+    for login in summary.logins:
+        note = "" if login.created else " (existing account; password as first set)"
+        print(f"  login {login.username} / {login.password}  ({login.role}){note}")
+    if args.no_serve:
+        print(f"serve it with: medcl demo --workspace {ws}  (or drop --no-serve)")
+        return 0
+    return serve_app(ws, root, args.db or os.environ.get("MEDCL_REVIEW_DB"), args.port)
+
+
+def serve_app(workspace: Path, data_root: Path | None, db_url: str | None, port: int) -> int:
+    """Run the Streamlit review app on 127.0.0.1:``port`` until interrupted."""
+    if not APP.is_file():
+        raise MedclError(f"review app not found at {APP} (run from a source checkout)")
+    env = dict(os.environ, MEDCL_WORKSPACE=str(workspace))
+    env["MEDCL_REVIEW_DB"] = db_url or f"sqlite:///{workspace / 'review' / 'review.db'}"
+    if data_root is not None:
+        env["MEDCL_DATA"] = str(data_root)
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(APP),
+        "--server.headless",
+        "true",
+        "--server.port",
+        str(port),
+        "--server.address",
+        HOST,
+    ]
+    print(f"serving the review app on http://{HOST}:{port} (Ctrl-C stops it)", flush=True)
+    try:
+        return subprocess.run(cmd, env=env, check=False).returncode
+    except KeyboardInterrupt:
+        return 0
