@@ -135,7 +135,11 @@ def run_one(
         test_size=b.test_size,
         seed=seed,
     )
-    train, val, test = (bags_from_specs(specs[s], features) for s in ("train", "val", "test"))
+    # z-score every feature with the statistics of the train bags' images only
+    seen = np.unique(np.concatenate([spec.indices for spec in specs["train"]]))
+    mean, std = features[seen].mean(axis=0), features[seen].std(axis=0) + 1e-6
+    scaled = ((features - mean) / std).astype(np.float32)
+    train, val, test = (bags_from_specs(specs[s], scaled) for s in ("train", "val", "test"))
     options = {**cfg.train, **cfg.train_per_aggregator.get(aggregator, {})}
     train_cfg = MILTrainConfig.model_validate({**options, "aggregator": aggregator, "seed": seed})
     fit = fit_mil(train, val, train_cfg)
@@ -215,6 +219,8 @@ def run_mil_ham_eval(
             row = MILRow(**{k: rec[k] for k in MILRow.__dataclass_fields__})
             done[(row.aggregator, int(row.seed))] = row
     rows: list[MILRow] = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small models, many steps: one thread is faster on a busy CPU
     for seed in cfg.seeds:
         for agg in cfg.aggregators:
             if (agg, seed) not in done:
@@ -225,6 +231,7 @@ def run_mil_ham_eval(
                     writer.writeheader()
                     writer.writerows(asdict(r) for r in done.values())
             rows.append(done[(agg, seed)])
+    torch.set_num_threads(threads)
     table = _table(rows)
     (out / "results.md").write_text(table)
     _plot(rows, out / "results.png")

@@ -32,9 +32,9 @@ from medcl.engine.distributed import all_gather_object, barrier, cleanup, init_d
 from medcl.errors import ConfigError, InvalidInputError, MedclError
 from medcl.models.encoders import Encoder, create_encoder
 from medcl.workspace import slug
+from medcl.wsi.coords_io import read_coords
 from medcl.wsi.features import Precision, extract_features, is_complete
 from medcl.wsi.jobs import SLIDE_EXTENSIONS, list_slides
-from medcl.wsi.tile_dataset import read_coords_file
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def _one_slide(
         return SlideStatus(stem, "ok" if n else "empty", n, 0.0, "already complete")
     start = time.perf_counter()
     try:
-        if len(read_coords_file(coords_path).coords) == 0:  # an empty bag needs no slide
+        if len(read_coords(coords_path)) == 0:  # an empty bag needs no slide
             slide, mpp = Path(stem), None
         else:
             slide, mpp = _find_slide(coords_path, index)

@@ -18,9 +18,9 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import h5py
 import numpy as np
@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader, Subset
 from medcl.errors import InvalidInputError
 from medcl.io.slides import open_slide
 from medcl.models.encoder_base import Encoder
-from medcl.wsi.tile_dataset import CoordsFile, TileDataset, read_coords_file
+from medcl.wsi.coords_io import CoordsAttrs, TileGrid, read_coords
+from medcl.wsi.tile_dataset import TileDataset
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,28 @@ class ExtractResult:
         return self.n_new / self.seconds if self.seconds > 0 else 0.0
 
 
+def read_tile_grid(path: str | Path) -> TileGrid:
+    """Read a coords HDF5 with :func:`~medcl.wsi.coords_io.read_coords` for encoding its tiles.
+
+    Raises:
+        InvalidInputError: what ``read_coords`` raises, or no ``patch_size`` attribute (the
+            tile side cannot be known).
+    """
+    grid = read_coords(path)
+    if grid.attrs.patch_size is None:
+        raise InvalidInputError(path, "the 'coords' dataset has no 'patch_size' attribute")
+    return grid
+
+
+def grid_attrs(attrs: CoordsAttrs) -> dict[str, Any]:
+    """``attrs`` as the HDF5 attributes to copy onto the bag's ``coords`` (None values left out).
+
+    The other tools' attributes (``attrs.extra``) come first; the contract's names win.
+    """
+    known = {f.name: getattr(attrs, f.name) for f in fields(attrs) if f.name != "extra"}
+    return {**attrs.extra, **{k: v for k, v in known.items() if v is not None}}
+
+
 def partial_path(out_path: str | Path) -> Path:
     """``x/slide.h5`` -> ``x/slide.partial.h5``, where an unfinished bag is written."""
     p = Path(out_path)
@@ -85,7 +108,7 @@ def is_complete(path: str | Path) -> bool:
 
 
 def _open_partial(
-    path: Path, coords: CoordsFile, encoder: Encoder, slide_name: str
+    path: Path, grid: TileGrid, encoder: Encoder, slide_name: str
 ) -> tuple[h5py.File, int]:
     """Open (resume) or create the partial file; returns it and the number of rows done."""
     dim = encoder.embed_dim
@@ -100,16 +123,16 @@ def _open_partial(
                 and int(f.attrs.get("embed_dim", -1)) == dim
                 and "features" in f
                 and "coords" in f
-                and np.array_equal(f["coords"][()], coords.coords)
+                and np.array_equal(f["coords"][()], grid.coords)
             )
             n_done = int(f.attrs.get("n_done", 0))
-            if same and 0 <= n_done <= len(coords.coords) and f["features"].shape[0] >= n_done:
+            if same and 0 <= n_done <= len(grid) and f["features"].shape[0] >= n_done:
                 f["features"].resize(n_done, axis=0)  # rows written after the last flush
                 return f, n_done
             f.close()
             logger.warning("%s: partial file is for other tiles or encoder; starting over", path)
         path.unlink()
-    n = len(coords.coords)
+    n = len(grid)
     f = h5py.File(path, "w")
     f.attrs.update(
         {
@@ -121,8 +144,8 @@ def _open_partial(
             "complete": False,
         }
     )
-    c = f.create_dataset("coords", data=coords.coords.reshape(n, 2).astype(np.int64))
-    c.attrs.update(coords.attrs)
+    c = f.create_dataset("coords", data=grid.coords.reshape(n, 2).astype(np.int64))
+    c.attrs.update(grid_attrs(grid.attrs))
     chunk_rows = max(1, min(n, 1024))
     f.create_dataset(
         "features", shape=(0, dim), maxshape=(None, dim), dtype=np.float32, chunks=(chunk_rows, dim)
@@ -130,13 +153,14 @@ def _open_partial(
     return f, 0
 
 
-def _check_slide(slide_path: str | Path, coords: CoordsFile, mpp: float | None) -> None:
+def _check_slide(slide_path: str | Path, grid: TileGrid, mpp: float | None) -> None:
     """Fail before any file is written when the slide is unreadable or lacks the level."""
+    level = grid.attrs.patch_level
     with open_slide(slide_path, mpp=mpp) as slide:
-        if coords.patch_level >= slide.level_count:
+        if level >= slide.level_count:
             raise InvalidInputError(
                 slide_path,
-                f"the coords ask for level {coords.patch_level} but the slide has "
+                f"the coords ask for level {level} but the slide has "
                 f"{slide.level_count} levels; were they made on another slide?",
             )
 
@@ -174,7 +198,7 @@ def extract_features(
 
     Args:
         slide_path: the slide the coords were made on.
-        coords_path: its coords HDF5 (see :func:`~medcl.wsi.tile_dataset.read_coords_file`).
+        coords_path: its coords HDF5 (see :func:`read_tile_grid`).
         out_path: the bag file to write (``features_<encoder>/<stem>.h5``).
         encoder: moved to ``device`` and put in eval mode; tiles go through its
             ``eval_transform``.
@@ -198,23 +222,21 @@ def extract_features(
     start_time = time.perf_counter()
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    coords = read_coords_file(coords_path)
-    n = len(coords.coords)
+    grid = read_tile_grid(coords_path)
+    n = len(grid)
     dev = torch.device(device)
     encoder = encoder.to(dev).eval()
     if n:
-        _check_slide(slide_path, coords, mpp)
+        _check_slide(slide_path, grid, mpp)
     tmp = partial_path(out)
-    f, n_done = _open_partial(tmp, coords, encoder, Path(slide_path).name)
+    f, n_done = _open_partial(tmp, grid, encoder, Path(slide_path).name)
     resumed_from = n_done
     if resumed_from:
         logger.info("%s: resuming at tile %d of %d", out.name, resumed_from, n)
     batches = 0
     try:
         if n_done < n:
-            dataset = TileDataset.from_coords_file(
-                slide_path, coords, encoder.eval_transform, mpp=mpp
-            )
+            dataset = TileDataset.from_grid(slide_path, grid, encoder.eval_transform, mpp=mpp)
             autocast = (
                 torch.autocast(dev.type, dtype=_DTYPES[precision])
                 if precision in _DTYPES

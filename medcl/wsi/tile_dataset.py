@@ -1,29 +1,26 @@
 """Tiles of one slide as a torch Dataset, read lazily (one slide handle per worker process).
 
-The coordinates come from a coords HDF5 (``patches/<stem>.h5``, see the WSI contract): dataset
-``coords`` ``(N, 2)`` int64 of level-0 top-left corners, with attrs ``patch_level``,
-``patch_size``, ``read_size`` (side read at ``patch_level``; defaults to ``patch_size``) and
-``patch_size_level0``. CLAM / TRIDENT coords files (only ``patch_level`` and ``patch_size``) are
-read too.
+The coordinates come from a coords HDF5 (``patches/<stem>.h5``, see the WSI contract) read by
+:func:`medcl.wsi.coords_io.read_coords` (ours, CLAM's or TRIDENT's): a
+:class:`~medcl.wsi.coords_io.TileGrid` of level-0 top-left corners with ``patch_level``,
+``patch_size`` and ``read_size`` (side read at ``patch_level``) in its attrs.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import numpy.typing as npt
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from medcl.errors import InvalidInputError
 from medcl.io.slides import Slide, open_slide
+from medcl.wsi.coords_io import TileGrid
 
 Transform = Callable[[np.ndarray], torch.Tensor]
 
@@ -37,58 +34,6 @@ def plain_value(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
     return value
-
-
-@dataclass(frozen=True)
-class CoordsFile:
-    """The tiles of one slide as a coords HDF5 describes them.
-
-    Attributes:
-        coords: ``(N, 2)`` int64, (x, y) top-left corners in level-0 pixels.
-        patch_level: pyramid level the tiles are read from.
-        patch_size: tile side in pixels after resizing (the features' input tile).
-        read_size: tile side read at ``patch_level`` (``patch_size`` unless the level's
-            resolution differs from the target one).
-        attrs: every attribute of the ``coords`` dataset, as plain Python values.
-    """
-
-    coords: np.ndarray
-    patch_level: int
-    patch_size: int
-    read_size: int
-    attrs: dict[str, Any] = field(default_factory=dict)
-
-
-def read_coords_file(path: str | Path) -> CoordsFile:
-    """Read a coords HDF5 (ours, CLAM's or TRIDENT's).
-
-    Raises:
-        InvalidInputError: not an HDF5 file, no ``coords`` dataset, a shape other than
-            ``(N, 2)``, or no ``patch_size`` attribute.
-    """
-    p = Path(path)
-    if not p.is_file() or not h5py.is_hdf5(p):
-        raise InvalidInputError(p, "not an HDF5 coords file")
-    with h5py.File(p, "r") as f:
-        if "coords" not in f:
-            raise InvalidInputError(p, "no 'coords' dataset in the coords file")
-        ds = f["coords"]
-        coords = np.asarray(ds[()])
-        attrs = {k: plain_value(v) for k, v in ds.attrs.items()}
-    if coords.size == 0:  # an empty bag may be stored as (0,)
-        coords = coords.reshape(0, 2)
-    if coords.ndim != 2 or coords.shape[1] != 2:
-        raise InvalidInputError(p, f"'coords' must be (N, 2), got {coords.shape}")
-    if "patch_size" not in attrs:
-        raise InvalidInputError(p, "the 'coords' dataset has no 'patch_size' attribute")
-    patch_size = int(attrs["patch_size"])
-    return CoordsFile(
-        coords=coords.astype(np.int64, copy=False),
-        patch_level=int(attrs.get("patch_level", 0)),
-        patch_size=patch_size,
-        read_size=int(attrs.get("read_size", patch_size)),
-        attrs=attrs,
-    )
 
 
 class TileDataset(Dataset[tuple[torch.Tensor, int]]):
@@ -138,20 +83,29 @@ class TileDataset(Dataset[tuple[torch.Tensor, int]]):
         self._pid: int | None = None
 
     @classmethod
-    def from_coords_file(
+    def from_grid(
         cls,
         slide_path: str | Path,
-        coords_file: CoordsFile,
+        grid: TileGrid,
         transform: Transform,
         mpp: float | None = None,
     ) -> TileDataset:
-        """The dataset of the tiles listed in a :class:`CoordsFile`."""
+        """The dataset of the tiles of a :class:`~medcl.wsi.coords_io.TileGrid`.
+
+        ``read_size`` defaults to ``patch_size`` when the grid's attrs lack it.
+
+        Raises:
+            ValueError: the grid has no ``patch_size`` (check it where the file is known).
+        """
+        attrs = grid.attrs
+        if attrs.patch_size is None:
+            raise ValueError("the tile grid has no patch_size")
         return cls(
             slide_path,
-            coords_file.coords,
-            level=coords_file.patch_level,
-            read_size=coords_file.read_size,
-            patch_size=coords_file.patch_size,
+            grid.coords,
+            level=attrs.patch_level,
+            read_size=attrs.read_size if attrs.read_size is not None else attrs.patch_size,
+            patch_size=attrs.patch_size,
             transform=transform,
             mpp=mpp,
         )

@@ -17,8 +17,9 @@ from torch.utils.data import DataLoader
 from medcl.errors import InvalidInputError
 from medcl.models.encoders import Encoder, create_encoder
 from medcl.testing.slides import synthetic_tissue_image, write_pyramidal_tiff
-from medcl.wsi.features import extract_features, partial_path
-from medcl.wsi.tile_dataset import TileDataset, read_coords_file
+from medcl.wsi.coords_io import read_coords
+from medcl.wsi.features import extract_features, grid_attrs, partial_path, read_tile_grid
+from medcl.wsi.tile_dataset import TileDataset
 
 SIDE = 256
 TILE = 64  # the tiny ViT's input size
@@ -202,19 +203,47 @@ def test_zero_tiles_make_a_valid_empty_bag(
 def test_coords_file_errors_name_the_file(tmp_path: Path) -> None:
     junk = tmp_path / "junk.h5"
     junk.write_text("not hdf5")
-    with pytest.raises(InvalidInputError, match=r"junk\.h5: not an HDF5 coords file"):
-        read_coords_file(junk)
+    with pytest.raises(InvalidInputError, match=r"junk\.h5: not a readable HDF5 file"):
+        read_tile_grid(junk)
     with h5py.File(tmp_path / "nocoords.h5", "w") as f:
         f["x"] = np.zeros(3)
-    with pytest.raises(InvalidInputError, match="no 'coords' dataset in the coords file"):
-        read_coords_file(tmp_path / "nocoords.h5")
-    clam = write_coords(tmp_path / "clam.h5", [[0, 0], [4, 8]], 256, level=1)
-    parsed = read_coords_file(clam)  # CLAM: no read_size -> the patch size is read
-    assert (parsed.patch_level, parsed.patch_size, parsed.read_size) == (1, 256, 256)
+    with pytest.raises(InvalidInputError, match=r"nocoords\.h5: no 'coords' dataset"):
+        read_tile_grid(tmp_path / "nocoords.h5")
     with h5py.File(tmp_path / "bare.h5", "w") as f:
         f["coords"] = np.zeros((2, 2), dtype=np.int64)
-    with pytest.raises(InvalidInputError, match="has no 'patch_size' attribute"):
-        read_coords_file(tmp_path / "bare.h5")
+    with pytest.raises(
+        InvalidInputError, match=r"bare\.h5: the 'coords' dataset has no 'patch_size' attribute"
+    ):
+        read_tile_grid(tmp_path / "bare.h5")
+
+
+def test_tile_geometry_from_clam_and_trident_grids(tmp_path: Path) -> None:
+    clam = write_coords(tmp_path / "clam.h5", [[0, 0], [4, 8]], 256, level=1)
+    ds = TileDataset.from_grid("s.tif", read_tile_grid(clam), torch.tensor)
+    assert (ds.level, ds.patch_size, ds.read_size) == (1, 256, 256)  # no read_size: patch size
+    assert ds.coords.tolist() == [[0, 0], [4, 8]]
+    with h5py.File(tmp_path / "trident.h5", "w") as f:  # TRIDENT: level 0, read 512, resize 256
+        d = f.create_dataset("coords", data=np.zeros((1, 2), dtype=np.int64))
+        d.attrs.update({"patch_size": 256, "patch_size_level0": 512, "target_magnification": 20})
+    ds = TileDataset.from_grid("s.tif", read_tile_grid(tmp_path / "trident.h5"), torch.tensor)
+    assert (ds.level, ds.patch_size, ds.read_size) == (0, 256, 512)
+
+
+def test_grid_attrs_keep_foreign_attrs_and_drop_unknowns(tmp_path: Path) -> None:
+    with h5py.File(tmp_path / "t.h5", "w") as f:
+        d = f.create_dataset("coords", data=np.zeros((1, 2), dtype=np.int64))
+        d.attrs.update({"patch_size": 256, "patch_level": 1, "name": "x", "downsample": [4, 4]})
+    attrs = grid_attrs(read_coords(tmp_path / "t.h5").attrs)
+    assert attrs == {
+        "patch_size": 256,
+        "patch_level": 1,
+        "patch_size_level0": 1024,  # 256 x CLAM's downsample 4
+        "read_size": 256,
+        "overlap": 0,
+        "slide": "x",
+        "name": "x",
+        "downsample": [4, 4],
+    }
 
 
 def test_coords_for_a_missing_level_fail_before_writing(
