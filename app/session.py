@@ -11,9 +11,9 @@ import os
 from pathlib import Path
 
 import streamlit as st
-from medcl.review.auth import UserInfo
 
 from medcl.review import auth
+from medcl.review.auth import UserInfo
 from medcl.review.db import Store
 
 TOKEN_KEY = "session_token"

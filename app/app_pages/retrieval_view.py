@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import streamlit as st
-from medcl.review.auth import UserInfo
-from medcl.review.service import CaseDetail
 
 from medcl.errors import MedclError
 from medcl.review import service, views
+from medcl.review.auth import UserInfo
 from medcl.review.db import Store
+from medcl.review.service import CaseDetail
 
 IMAGE_SIZE = 384
 

@@ -73,7 +73,7 @@ def test_demo_index_uses_it_for_large_pools_only() -> None:
     small.search(x[:3], 5)
     assert small.prefilter_stats is None
     big = DemoIndex.build(x, meta, fingerprint="f", prefilter_min_size=500)
-    s1, i1 = big.search(x[:3], 5)
+    _, i1 = big.search(x[:3], 5)
     assert big.prefilter_stats is not None and big.prefilter_stats.certified == 3
     np.testing.assert_array_equal(i1, small.search(x[:3], 5)[1])
     big.add(x[:50] * -1.0, meta.iloc[:50])  # the int8 copy is rebuilt over all 650 vectors
