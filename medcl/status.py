@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata as md
-import os
 from dataclasses import dataclass
-
-DEFAULT_DB_URL = "sqlite:///medcl-workspace/medcl.db"
 
 _COMPONENTS = (
     "torch",
@@ -46,8 +43,10 @@ def package_versions() -> list[Check]:
 
 
 def database_url() -> str:
-    """``$MEDCL_DB_URL`` or the workspace's SQLite file."""
-    return os.environ.get("MEDCL_DB_URL", DEFAULT_DB_URL)
+    """The review store's URL: ``$MEDCL_REVIEW_DB`` or the workspace's SQLite file."""
+    from medcl.review.db import default_url
+
+    return default_url()
 
 
 def check_database(url: str | None = None, timeout_s: float = 3.0) -> Check:
