@@ -259,7 +259,8 @@ def _record(
             "slide": artifact_ref(path, out),
             "mpp": mpp,
             "thumbnail": artifact_ref(tiles / "thumbnails" / f"{path.stem}.png", out),
-            "heatmap": artifact_ref(folder / outputs["heatmap"], out),
+            "heatmap": artifact_ref(folder / outputs["heatmap_layer"], out),
+            "heatmap_figure": artifact_ref(folder / outputs["heatmap"], out),
             "scores": artifact_ref(folder / outputs["scores"], out),
             "top_tiles": [
                 artifact_ref(folder / "top_tiles" / t, out) for t in outputs["top_tiles"]

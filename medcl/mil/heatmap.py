@@ -171,6 +171,31 @@ def blend_heatmap(
     return out
 
 
+def heatmap_rgba(
+    score_map: np.ndarray, cmap: str = "jet", *, vmin: float = 0.0, vmax: float = 1.0
+) -> np.ndarray:
+    """The heatmap as a layer: colour-mapped scores, opaque on tiles, transparent elsewhere.
+
+    Viewers (the review app, QuPath, any image editor) blend it over the thumbnail with their
+    own opacity.
+
+    Args:
+        score_map: ``(h, w)`` scores from :func:`tile_score_map` (NaN: no tile).
+        cmap, vmin, vmax: as in :func:`blend_heatmap`.
+
+    Returns:
+        ``(h, w, 4)`` uint8 RGBA; alpha 255 where the score is finite, 0 elsewhere.
+    """
+    if not vmax > vmin:
+        raise ValueError(f"need vmax > vmin, got vmin={vmin}, vmax={vmax}")
+    out = np.zeros((*score_map.shape, 4), dtype=np.uint8)
+    where = np.isfinite(score_map)
+    values = np.clip((score_map[where] - vmin) / (vmax - vmin), 0.0, 1.0)
+    out[where, :3] = np.rint(np.asarray(_colormap(cmap)(values))[:, :3] * 255.0).astype(np.uint8)
+    out[where, 3] = 255
+    return out
+
+
 def save_heatmap_png(
     path: str | PathLike[str],
     image: np.ndarray,

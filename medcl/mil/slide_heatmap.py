@@ -6,6 +6,7 @@ slide's feature bag (:func:`medcl.mil.train.predict_bags`: instance probabilitie
 ``out_dir``::
 
     <stem>_heatmap.png     thumbnail with the normalised tile scores blended in (+ title, bar)
+    <stem>_heatmap_layer.png  the scores alone as an RGBA layer at thumbnail size (viewers blend it)
     <stem>_tiles.geojson   one QuPath tile per instance with its raw score
     top_tiles/             the top-k (and bottom-k) tiles read from the slide + top_tiles.csv
     scores.h5              coords (N, 2) int64, scores (N,) raw, scores_normalised (N,)
@@ -21,13 +22,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from PIL import Image
 from pydantic import Field, field_validator
 
 from medcl.config import StrictModel
 from medcl.errors import InvalidInputError
 from medcl.io.slides import Slide, open_slide
 from medcl.mil.geojson import tiles_to_geojson, write_geojson
-from medcl.mil.heatmap import blend_heatmap, normalise_scores, save_heatmap_png, tile_score_map
+from medcl.mil.heatmap import (
+    blend_heatmap,
+    heatmap_rgba,
+    normalise_scores,
+    save_heatmap_png,
+    tile_score_map,
+)
 from medcl.mil.top_tiles import save_top_tiles
 
 logger = logging.getLogger(__name__)
@@ -202,6 +210,10 @@ def run_slide_heatmap(
             vmax=vmax,
             colorbar_label=f"{kind.replace('_', ' ')} ({cfg.normalise})",
         )
+        layer_png = out / f"{stem}_heatmap_layer.png"
+        Image.fromarray(heatmap_rgba(score_map, cfg.cmap, vmin=vmin, vmax=vmax), "RGBA").save(
+            layer_png
+        )
         labels = None
         if cfg.classify_threshold is not None and len(names) == 2:
             labels = [names[1] if s >= cfg.classify_threshold else names[0] for s in raw]
@@ -244,6 +256,7 @@ def run_slide_heatmap(
         "patch_size_level0": size0,
         "outputs": {
             "heatmap": heatmap_png.name,
+            "heatmap_layer": layer_png.name,
             "geojson": geojson.name,
             "top_tiles": [str(r["file"]) for r in top],
             "scores": scores_h5.name,

@@ -52,7 +52,7 @@ MAX_UPLOAD_BYTES = 5 * 1024 * 1024
 _REQUIRED = ("case_key", "kind", "model", "model_version", "label")
 _PATH_KEYS = {
     "volume": ("image", "mask", "ground_truth"),
-    "slide": ("slide", "thumbnail", "heatmap", "scores"),
+    "slide": ("slide", "thumbnail", "heatmap", "heatmap_figure", "scores"),
     "retrieval": ("query",),
 }
 _MAIN_ARTIFACT = {"volume": "image", "slide": "slide", "retrieval": "query"}

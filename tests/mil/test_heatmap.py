@@ -14,7 +14,13 @@ import torch
 from PIL import Image
 
 from medcl.mil.geojson import tiles_to_geojson, write_geojson
-from medcl.mil.heatmap import blend_heatmap, normalise_scores, save_heatmap_png, tile_score_map
+from medcl.mil.heatmap import (
+    blend_heatmap,
+    heatmap_rgba,
+    normalise_scores,
+    save_heatmap_png,
+    tile_score_map,
+)
 from medcl.mil.top_tiles import rank_tiles, save_top_tiles
 
 
@@ -85,6 +91,17 @@ def test_blend_keeps_pixels_outside_tiles() -> None:
         blend_heatmap(thumb, np.zeros((3, 3)))
     with pytest.raises(ValueError, match="unknown colour map 'nope'"):
         blend_heatmap(thumb, score, cmap="nope")
+
+
+def test_heatmap_rgba_is_opaque_on_tiles_only() -> None:
+    scores = np.array([[0.0, 1.0], [np.nan, 0.5]])
+    layer = heatmap_rgba(scores, "gray")
+    assert layer.shape == (2, 2, 4) and layer.dtype == np.uint8
+    assert layer[..., 3].tolist() == [[255, 255], [0, 255]]
+    assert layer[0, 0, :3].tolist() == [0, 0, 0] and layer[0, 1, :3].tolist() == [255, 255, 255]
+    assert abs(int(layer[1, 1, 0]) - 128) <= 1 and layer[1, 0].tolist() == [0, 0, 0, 0]
+    with pytest.raises(ValueError, match="vmax > vmin"):
+        heatmap_rgba(scores, vmin=1.0, vmax=1.0)
 
 
 def test_save_heatmap_png(tmp_path: Path) -> None:
@@ -352,6 +369,16 @@ def test_cli_heatmap_pixels_follow_tile_scores(tmp_path: Path) -> None:
     assert img.shape == (128, 128, 3)
     centres = img[coords[:, 1] // 2 + 16, coords[:, 0] // 2 + 16, 0].astype(float)
     np.testing.assert_allclose(centres, 255 * scores, atol=1.01)
+    # the layer the review app blends: the same colours, opaque on tiles only
+    layer = np.asarray(Image.open(out / "slide_heatmap_layer.png"))
+    assert layer.shape == (128, 128, 4)
+    on = layer[coords[:, 1] // 2 + 16, coords[:, 0] // 2 + 16]
+    np.testing.assert_allclose(on[:, 0].astype(float), 255 * scores, atol=1.01)
+    assert (on[:, 3] == 255).all()
+    covered = np.zeros((128, 128), dtype=bool)
+    for x, y in coords // 2:
+        covered[y : y + 32, x : x + 32] = True
+    assert (layer[~covered, 3] == 0).all()
 
 
 def test_cli_heatmap_bad_inputs(tmp_path: Path) -> None:
