@@ -7,7 +7,7 @@ as ``/case?case=12`` shows the login page, and after logging in the app opens th
 from __future__ import annotations
 
 import streamlit as st
-from session import current_user, sign_out
+from session import current_user, sign_out, write_session_cookie
 
 st.set_page_config(page_title="medcl review", layout="wide")
 
@@ -42,4 +42,5 @@ else:
     next_case = st.session_state.pop("login_next_case", None)
     if next_case is not None:
         st.switch_page(case, query_params={"case": str(next_case)})
+write_session_cookie()
 pg.run()

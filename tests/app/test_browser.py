@@ -112,6 +112,7 @@ def test_login_review_persist_logout(server: tuple[str, Seeded], tmp_path: Path)
         )
         page = browser.new_page(viewport={"width": 1400, "height": 1400})
         page.set_default_timeout(TIMEOUT_MS)
+        expect.set_options(timeout=TIMEOUT_MS)  # assertions wait as long as actions (cold server)
 
         def login() -> None:
             page.get_by_label("Username", exact=True).fill(REVIEWER[0])
@@ -149,19 +150,27 @@ def test_login_review_persist_logout(server: tuple[str, Seeded], tmp_path: Path)
         expect(page.get_by_text("Review saved: correct (case version 1).")).to_be_visible()
         shot("06_review_saved.png")
 
-        # A reload starts a new browser session: log in again through the deep link.
+        # A reload keeps the login (session cookie) and shows the saved review.
+        cookie = next(c for c in page.context.cookies() if c["name"] == "medcl_session")
+        assert cookie["sameSite"] == "Strict" and cookie["expires"] > 0
         page.reload()
-        expect(page.get_by_text(f"Log in to open case {case_id}.")).to_be_visible()
-        shot("07_reload_login.png")
-        login()
         expect(page.get_by_role("heading", name=CASE_KEYS["slide"])).to_be_visible()
         expect(page.get_by_text("stroma, not tumour").first).to_be_visible()
         assert re.search(r"/case\?case=" + str(case_id), page.url), page.url
         page.get_by_role("heading", name="History").scroll_into_view_if_needed()
         shot("08_after_reload.png")
 
+        # Another browser without the cookie gets the login page for the same URL.
+        other = browser.new_context().new_page()
+        other.goto(f"{url}/case?case={case_id}")
+        expect(other.get_by_text(f"Log in to open case {case_id}.")).to_be_visible()
+        other.screenshot(path=str(shots / "07_other_browser_login.png"), full_page=True)
+        assert other.get_by_text("stroma, not tumour").count() == 0
+
         page.get_by_role("link", name="Log out").click()
         expect(page.get_by_text("medcl review: log in")).to_be_visible()
+        page.wait_for_timeout(1500)  # the cookie is cleared by the page that loads after logout
+        assert not any(c["name"] == "medcl_session" and c["value"] for c in page.context.cookies())
         page.goto(f"{url}/case?case={case_id}")
         expect(page.get_by_text("medcl review: log in")).to_be_visible()
         expect(page.get_by_text(f"Log in to open case {case_id}.")).to_be_visible()
