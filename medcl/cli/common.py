@@ -29,6 +29,21 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_evaluation_args(parser: argparse.ArgumentParser, markers: str) -> None:
+    """What every ``eval`` command takes: ``--data-root``, ``--readme`` (the table goes between
+    the ``markers`` comments), ``--out``, ``--config``/``--set`` and ``--workspace``."""
+    parser.add_argument("--data-root", type=Path, default=None, help="folder relative paths use")
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        default=None,
+        help=f"write the table into this README between the {markers} markers",
+    )
+    parser.add_argument("--out", dest="out_dir", type=Path, default=None, help="output folder")
+    add_config_args(parser)
+    add_workspace_arg(parser)
+
+
 def add_workspace_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workspace",

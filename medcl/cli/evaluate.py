@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from medcl.cli.common import add_config_args, add_workspace_arg, resolve_config
+from medcl.cli.common import add_config_args, add_evaluation_args, add_workspace_arg, resolve_config
 
 
 def add_parser(sub: Any) -> None:
@@ -21,16 +21,7 @@ def add_parser(sub: Any) -> None:
             "(mean +- std over seeds). Finished runs are skipped on a re-run."
         ),
     )
-    p.add_argument("--data-root", type=Path, default=None, help="folder relative paths use")
-    p.add_argument(
-        "--readme",
-        type=Path,
-        default=None,
-        help="write the table into this README between the volume-ssl markers",
-    )
-    p.add_argument("--out", dest="out_dir", type=Path, default=None, help="output folder")
-    add_config_args(p)
-    add_workspace_arg(p)
+    add_evaluation_args(p, "volume-ssl")
     p.set_defaults(func=_volume_ssl)
 
     pr = cmds.add_parser(
@@ -55,16 +46,7 @@ def add_parser(sub: Any) -> None:
         "patch-ssl",
         help="random init vs SimCLR vs SupCon, k-NN and linear probe over seeds",
     )
-    ps.add_argument("--data-root", type=Path, default=None, help="folder relative paths use")
-    ps.add_argument(
-        "--readme",
-        type=Path,
-        default=None,
-        help="write the table into this README between the patch-ssl markers",
-    )
-    ps.add_argument("--out", dest="out_dir", type=Path, default=None, help="output folder")
-    add_config_args(ps)
-    add_workspace_arg(ps)
+    add_evaluation_args(ps, "patch-ssl")
     ps.set_defaults(func=_patch_ssl)
 
     mh = cmds.add_parser(
@@ -72,16 +54,7 @@ def add_parser(sub: Any) -> None:
         help="HAM10000 MIL bags (melanoma witnesses): mean pooling vs ABMIL vs INS, bag and "
         "instance AUC over seeds",
     )
-    mh.add_argument("--data-root", type=Path, default=None, help="folder relative paths use")
-    mh.add_argument(
-        "--readme",
-        type=Path,
-        default=None,
-        help="write the table into this README between the mil-ham markers",
-    )
-    mh.add_argument("--out", dest="out_dir", type=Path, default=None, help="output folder")
-    add_config_args(mh)
-    add_workspace_arg(mh)
+    add_evaluation_args(mh, "mil-ham")
     mh.set_defaults(func=_mil_ham)
 
 

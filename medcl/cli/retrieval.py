@@ -6,7 +6,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from medcl.cli.common import add_config_args, add_workspace_arg, is_rank_zero, resolve_config
+from medcl.cli.common import (
+    add_config_args,
+    add_evaluation_args,
+    add_workspace_arg,
+    is_rank_zero,
+    resolve_config,
+)
 
 
 def add_parser(sub: Any) -> None:
@@ -63,16 +69,7 @@ def add_parser(sub: Any) -> None:
             "seed trains CCI, embeds, selects and scores k in ks. Resumes from cached runs."
         ),
     )
-    e.add_argument("--data-root", type=Path, default=None, help="folder relative paths use")
-    e.add_argument(
-        "--readme",
-        type=Path,
-        default=None,
-        help="write the table into this README between the retrieval markers",
-    )
-    e.add_argument("--out", dest="out_dir", type=Path, default=None, help="output folder")
-    add_config_args(e)
-    add_workspace_arg(e)
+    add_evaluation_args(e, "retrieval")
     e.set_defaults(func=_eval)
 
 
