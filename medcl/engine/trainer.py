@@ -165,6 +165,10 @@ class Trainer:
             ``cfg.device`` when not given. Its device wins over ``cfg.device``.
         config: the job's resolved config, stored in every checkpoint beside ``cfg``.
         arch: architecture name stored in checkpoints.
+        on_step: ``on_step(step, last_loss)`` after every optimizer step (and its checkpoint),
+            with the last logged loss; returning True ends training there (early stopping).
+            Under DDP every rank calls it and all must return the same answer (e.g. a validation
+            score of the synced model).
     """
 
     def __init__(
@@ -179,6 +183,7 @@ class Trainer:
         dist_info: DistInfo | None = None,
         config: Mapping[str, Any] | None = None,
         arch: str | None = None,
+        on_step: Callable[[int, float], bool] | None = None,
     ) -> None:
         if cfg.max_steps is None:
             raise ConfigError("train", "max_steps", "required: how many optimizer steps to train")
@@ -195,6 +200,7 @@ class Trainer:
         self.amp = MixedPrecision(cfg.precision, self.device)
         self.config = {"train": cfg.model_dump(), **dict(config or {})}
         self.arch = arch
+        self.on_step = on_step
         self.step = 0
         self.epoch = 0
         self._batch_in_epoch = 0
@@ -333,8 +339,18 @@ class Trainer:
                         sinks.log({"step": self.step, "epoch": self.epoch, **row})
                     bar.set_postfix(loss=f"{self._last_loss:.4g}")
                 bar.update(1)
+                saved = False
                 if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or done:
                     self._save(self._last_loss)
+                    saved = True
+                stop = self.on_step is not None and self.on_step(self.step, self._last_loss)
+                if stop and not done:
+                    if self.step % cfg.log_every:
+                        self._last_loss = self._reduce(loss_sum, metric_sums)["loss"]
+                    if not saved:
+                        self._save(self._last_loss)
+                    logger.info("stopped early at step %d", self.step)
+                    break
         finally:
             bar.close()
             if sinks is not None:

@@ -3,10 +3,22 @@
 :func:`prepare_volume` turns a :class:`~medcl.io.volumes.Volume` (and its label) into an array of
 shape ``(Z, H, W)``: reoriented to RAS so that every volume runs inferior -> superior along ``Z``
 (partitions then mean the same anatomy in every volume), intensities normalised (CT window, MR
-percentiles) and each slice resized to a common ``(H, W)``. Labels are mapped to class indices
-``0..C`` (0 = background) by the configured class values. :func:`restore_prediction` maps a
-predicted ``(Z, H, W)`` mask back onto the input's voxel grid, so it can be saved with the input's
-affine.
+percentiles) and each slice brought to a common in-plane grid ``(H, W)`` by one of
+(:class:`InplaneConfig`):
+
+* ``"spacing"``: resample in plane to a fixed resolution (``spacing_mm``), then centre crop or pad
+  to ``(H, W)`` (Chaitanya et al. resample ACDC to 1.367 mm and crop 192 x 192): the same
+  millimetres per pixel in every volume, so a structure has the same size in pixels everywhere;
+* ``"fixed"``: for files whose header carries no spacing (an identity affine), scale each slice so
+  that its shorter side is ``short_side`` pixels (aspect kept), then centre crop or pad;
+* ``"resize"``: stretch the whole slice to ``(H, W)`` (the field of view decides the scale;
+  kept for comparison with earlier runs);
+* ``"auto"`` (default): ``"spacing"`` when the affine is not the identity, else ``"fixed"``.
+
+What was used is stored in ``PreparedVolume.meta["inplane"]`` and logged. Labels are mapped to
+class indices ``0..C`` (0 = background) by the configured class values.
+:func:`restore_prediction` maps a predicted ``(Z, H, W)`` mask back onto the input's voxel grid
+(undoing the crop / pad and the scaling), so it can be saved with the input's affine.
 """
 
 from __future__ import annotations
@@ -20,8 +32,10 @@ import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch.utils.data import Dataset
 
+from medcl.config import StrictModel
 from medcl.errors import InvalidInputError
 from medcl.io.volumes import Volume
 from medcl.transforms.volume import scale_percentiles, window_ct
@@ -30,6 +44,105 @@ log = logging.getLogger(__name__)
 
 IntensityMode = Literal["auto", "ct", "mr"]
 OtherLabels = Literal["error", "background"]
+
+
+class InplaneConfig(StrictModel):
+    """How slices reach the common in-plane grid (see the module docstring)."""
+
+    mode: Literal["auto", "spacing", "fixed", "resize"] = "auto"
+    spacing_mm: float = Field(default=2.0, gt=0, description="target mm per pixel ('spacing')")
+    short_side: int = Field(
+        default=128, ge=8, description="pixels of the shorter side ('fixed', no spacing known)"
+    )
+
+
+@dataclass(frozen=True)
+class InplaneGeometry:
+    """How one volume's ``(H0, W0)`` slices became ``(H, W)``: scale, then crop / pad.
+
+    ``scaled`` is the slice size after scaling; ``offset`` the ``(top, left)`` of the output
+    window inside the scaled slice (negative where the output is padded).
+    """
+
+    source: tuple[int, int]
+    scaled: tuple[int, int]
+    offset: tuple[int, int]
+    size: tuple[int, int]
+    description: str
+
+
+def spacing_known(affine: np.ndarray) -> bool:
+    """False for an identity affine (headers written without spacing), else True."""
+    return not np.allclose(np.asarray(affine, dtype=np.float64), np.eye(4))
+
+
+def inplane_geometry(
+    source_hw: tuple[int, int],
+    spacing_hw: tuple[float, float] | None,
+    size: tuple[int, int],
+    cfg: InplaneConfig,
+) -> InplaneGeometry:
+    """The scale and centre crop that bring ``source_hw`` slices to ``size``.
+
+    Args:
+        source_hw: ``(H0, W0)`` of the RAS slice stack.
+        spacing_hw: mm per pixel along rows and columns, ``None`` when unknown.
+        size: the output ``(H, W)``.
+        cfg: the mode and its target.
+    """
+    h0, w0 = source_hw
+    mode = cfg.mode
+    if mode == "auto":
+        mode = "spacing" if spacing_hw is not None else "fixed"
+    if mode == "spacing" and spacing_hw is None:
+        raise ValueError("in-plane mode 'spacing' needs the voxel spacing, which is unknown")
+    if mode == "resize":
+        return InplaneGeometry(source_hw, size, (0, 0), size, "resized to the output size")
+    if mode == "spacing":
+        assert spacing_hw is not None
+        fy, fx = spacing_hw[0] / cfg.spacing_mm, spacing_hw[1] / cfg.spacing_mm
+        text = (
+            f"resampled from {spacing_hw[0]:.3g} x {spacing_hw[1]:.3g} mm to "
+            f"{cfg.spacing_mm:.3g} mm per pixel"
+        )
+    else:
+        fy = fx = cfg.short_side / min(h0, w0)
+        text = f"no spacing known: scaled so the shorter side is {cfg.short_side} px"
+    scaled = (max(1, round(h0 * fy)), max(1, round(w0 * fx)))
+    offset = ((scaled[0] - size[0]) // 2, (scaled[1] - size[1]) // 2)
+    return InplaneGeometry(
+        source_hw, scaled, offset, size, f"{text}, centre {size[0]} x {size[1]} window"
+    )
+
+
+def _window(stack: np.ndarray, offset: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """The ``size`` window of ``(Z, H, W)`` at ``offset`` (zero outside the stack)."""
+    z, h, w = stack.shape
+    out = np.zeros((z, *size), dtype=stack.dtype)
+    top, left = offset
+    ys, ye = max(top, 0), min(top + size[0], h)
+    xs, xe = max(left, 0), min(left + size[1], w)
+    if ye > ys and xe > xs:
+        out[:, ys - top : ye - top, xs - left : xe - left] = stack[:, ys:ye, xs:xe]
+    return out
+
+
+def apply_geometry(stack: np.ndarray, geo: InplaneGeometry, *, nearest: bool) -> np.ndarray:
+    """``(Z, H0, W0)`` -> ``(Z, H, W)``: scale then crop / pad as ``geo`` says."""
+    scaled = (
+        stack if geo.scaled == geo.source else _resize_stack(stack, geo.scaled, nearest=nearest)
+    )
+    if geo.scaled == geo.size and geo.offset == (0, 0):
+        return scaled
+    return _window(scaled, geo.offset, geo.size)
+
+
+def invert_geometry(stack: np.ndarray, geo: InplaneGeometry) -> np.ndarray:
+    """Class indices ``(Z, H, W)`` back to ``(Z, H0, W0)`` (outside the window: background)."""
+    canvas = _window(stack, (-geo.offset[0], -geo.offset[1]), geo.scaled)
+    if geo.scaled == geo.source:
+        return canvas
+    return _resize_stack(canvas, geo.source, nearest=True)
 
 
 @dataclass
@@ -129,6 +242,16 @@ def _resize_stack(stack: np.ndarray, size: tuple[int, int], *, nearest: bool) ->
     return out.squeeze(1).numpy().astype(np.float32)
 
 
+def ras_spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel sizes in mm along the R, A, S axes of the RAS-reoriented array."""
+    sizes = nib.affines.voxel_sizes(np.asarray(affine, dtype=np.float64))
+    ornt = nib.orientations.io_orientation(affine)
+    out = [1.0, 1.0, 1.0]
+    for k, (axis, _) in enumerate(ornt):
+        out[int(axis)] = float(sizes[k])
+    return out[0], out[1], out[2]
+
+
 def prepare_volume(
     image: Volume,
     label: Volume | None = None,
@@ -140,12 +263,15 @@ def prepare_volume(
     class_values: Sequence[int] | None = None,
     other_labels: OtherLabels = "error",
     volume_id: str | None = None,
+    inplane: InplaneConfig | None = None,
 ) -> PreparedVolume:
-    """Reorient to RAS, normalise, resize slices; the label gets class indices.
+    """Reorient to RAS, normalise, bring slices to ``size``; the label gets class indices.
 
     Returns:
         :class:`PreparedVolume` with ``image`` and ``label`` of shape ``(Z, H, W)`` where
-        ``(H, W) = size`` and ``Z`` is the number of axial slices.
+        ``(H, W) = size`` and ``Z`` is the number of axial slices; ``meta["inplane"]`` says how
+        the slices were scaled (see :class:`InplaneConfig`; without ``inplane`` slices are
+        stretched to ``size``, the behaviour of earlier versions).
     """
     modality = guess_modality(image) if intensity == "auto" else intensity
     arr = np.asarray(image.array, dtype=np.float32)
@@ -153,32 +279,74 @@ def prepare_volume(
     ras = _to_ras(norm, image.affine)  # (X, Y, Z) in R, A, S order
     # slice stack (Z, H, W): anterior at the top row, patient left -> right along the columns
     stack = np.transpose(ras, (2, 1, 0))[:, ::-1, :]
+    known = spacing_known(image.affine)
+    sx, sy, _ = ras_spacing(image.affine)
+    geo = inplane_geometry(
+        (int(stack.shape[1]), int(stack.shape[2])),
+        (sy, sx) if known else None,
+        (int(size[0]), int(size[1])),
+        inplane or InplaneConfig(mode="resize"),
+    )
     prepared_label = None
     if label is not None:
         mapped = map_labels(
             label.array, class_values, other_labels=other_labels, source=str(label.path)
         )
         lab = np.transpose(_to_ras(mapped, image.affine), (2, 1, 0))[:, ::-1, :]
-        prepared_label = _resize_stack(lab, size, nearest=True)
+        prepared_label = apply_geometry(lab, geo, nearest=True)
     vid = volume_id or _stem(str(image.path))
+    log.debug("%s: %s", vid, geo.description)
     return PreparedVolume(
         id=vid,
-        image=_resize_stack(stack, size, nearest=False),
+        image=apply_geometry(stack, geo, nearest=False),
         label=prepared_label,
         modality=modality,
         affine=np.asarray(image.affine, dtype=np.float64),
         shape=tuple(int(s) for s in image.shape),  # type: ignore[arg-type]
         path=str(image.path),
+        meta={"inplane": geo.description, "geometry": geo},
     )
+
+
+def restore_probabilities(probs: np.ndarray, prepared: PreparedVolume) -> np.ndarray:
+    """Class probabilities ``(Z, C, H, W)`` -> class indices on the input's ``(X, Y, Z)`` grid.
+
+    The probabilities are put back into the scaled slice (background where the output window
+    did not reach), resized bilinearly to the source slice size and only then turned into labels,
+    which gives smoother boundaries than resizing a label map by nearest neighbour.
+    """
+    geo = prepared.meta.get("geometry")
+    p = np.asarray(probs, dtype=np.float32)
+    if not isinstance(geo, InplaneGeometry):
+        return restore_prediction(p.argmax(1), prepared)
+    z, c, h, w = p.shape
+    canvas = np.zeros((z, c, *geo.scaled), dtype=np.float32)
+    canvas[:, 0] = 1.0
+    top, left = geo.offset
+    ys, ye = max(-top, 0), min(geo.scaled[0] - top, h)
+    xs, xe = max(-left, 0), min(geo.scaled[1] - left, w)
+    if ye > ys and xe > xs:
+        canvas[:, :, ys + top : ye + top, xs + left : xe + left] = p[:, :, ys:ye, xs:xe]
+    if geo.scaled != geo.source:
+        t = F.interpolate(torch.from_numpy(canvas), size=geo.source, mode="bilinear")
+        canvas = t.numpy()
+    labels = canvas.argmax(1).astype(np.int64)
+    ras = np.transpose(labels[:, ::-1, :], (2, 1, 0))
+    return _from_ras(ras, prepared.affine).astype(np.uint8)
 
 
 def restore_prediction(pred: np.ndarray, prepared: PreparedVolume) -> np.ndarray:
     """Map a ``(Z, H, W)`` class-index prediction back onto the input's ``(X, Y, Z)`` grid."""
-    ras_shape = nib.orientations.apply_orientation(
-        np.zeros(prepared.shape, dtype=np.uint8), nib.orientations.io_orientation(prepared.affine)
-    ).shape
-    x, y, _ = ras_shape
-    stack = _resize_stack(np.asarray(pred, dtype=np.int64), (y, x), nearest=True)
+    geo = prepared.meta.get("geometry")
+    if isinstance(geo, InplaneGeometry):
+        stack = invert_geometry(np.asarray(pred, dtype=np.int64), geo)
+    else:  # a volume prepared by stretching to the output size
+        ras_shape = nib.orientations.apply_orientation(
+            np.zeros(prepared.shape, dtype=np.uint8),
+            nib.orientations.io_orientation(prepared.affine),
+        ).shape
+        x, y, _ = ras_shape
+        stack = _resize_stack(np.asarray(pred, dtype=np.int64), (y, x), nearest=True)
     ras = np.transpose(stack[:, ::-1, :], (2, 1, 0))
     return _from_ras(ras, prepared.affine).astype(np.uint8)
 

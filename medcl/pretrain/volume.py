@@ -59,6 +59,10 @@ class GlobalStageConfig(StrictModel):
     weight_decay: float = Field(default=1e-4, ge=0)
     temperature: float = Field(default=0.1, gt=0)
     volumes_per_batch: int = Field(default=4, ge=1)
+    crop_scale: tuple[float, float] | None = Field(
+        default=(0.7, 1.0),
+        description="side fractions of the views' crop-and-resize; null: no crop",
+    )
 
 
 class LocalStageConfig(StrictModel):
@@ -108,7 +112,10 @@ def _views(cfg: VolumePretrainConfig, local: bool) -> dict[str, TwoViews]:
             shared = geometric_transform(2, size, keys=("image",), elastic_prob=0.0)
             out[modality] = TwoViews(local_view_transform(modality), shared=shared)
         else:
-            out[modality] = TwoViews(global_view_transform(2, modality, size, keys=("image",)))
+            view = global_view_transform(
+                2, modality, size, keys=("image",), crop_scale=cfg.global_stage.crop_scale
+            )
+            out[modality] = TwoViews(view)
         out[modality].set_random_state(cfg.train.seed + (17 if local else 0))
     return out
 

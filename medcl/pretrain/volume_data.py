@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from medcl.config import StrictModel
 from medcl.io.volumes import read_label, read_volume
-from medcl.pretrain.slices import PreparedVolume, prepare_volume
+from medcl.pretrain.slices import InplaneConfig, PreparedVolume, prepare_volume
 from medcl.workspace import data_root as resolve_data_root
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ class SliceDataConfig(StrictModel):
 
     root: Path | None = None
     size: tuple[int, int] = (128, 128)
+    inplane: InplaneConfig = Field(default_factory=InplaneConfig)
     ct_window: tuple[float, float] = (-250.0, 250.0)
     mr_percentiles: tuple[float, float] = (1.0, 99.0)
     num_workers: int = Field(default=0, ge=0)
@@ -97,8 +98,15 @@ def load_volumes(
             class_values=class_values,
             other_labels=other_labels,
             volume_id=src.id,
+            inplane=cfg.inplane,
         )
-        log.info("%s: %d slices (%s)", prepared.id, prepared.depth, prepared.modality)
+        log.info(
+            "%s: %d slices (%s; %s)",
+            prepared.id,
+            prepared.depth,
+            prepared.modality,
+            prepared.meta["inplane"],
+        )
         out.append(prepared)
     ids = [v.id for v in out]
     if len(set(ids)) != len(ids):

@@ -42,9 +42,11 @@ from monai.transforms import (
     RandFlipd,
     RandGaussianNoised,
     Randomizable,
+    RandScaleCropd,
     RandScaleIntensityd,
     RandShiftIntensityd,
     RandSpatialCropd,
+    Resized,
     SpatialPadd,
 )
 
@@ -79,8 +81,14 @@ def geometric_transform(
     rotate_deg: float = 15.0,
     scale: float = 0.1,
     elastic_prob: float = 0.2,
+    crop_scale: tuple[float, float] | None = None,
 ) -> Compose:
-    """Pad to at least ``crop_size``, random crop to ``crop_size``, flip, affine, elastic.
+    """Pad to at least ``crop_size``, random crop, flip, affine, elastic.
+
+    Without ``crop_scale`` the crop is a window of exactly ``crop_size`` (a no-op when the input
+    already has that size). With ``crop_scale=(lo, hi)`` it is a crop-and-resize, as the views of
+    Chaitanya et al. and SimCLR: each side of the window is a random fraction in ``[lo, hi]`` of the
+    input's side, and the window is resized back to ``crop_size``, so the view really zooms in.
 
     The first key is interpolated bilinearly, the others (labels) by nearest neighbour; missing
     keys are skipped. Output spatial size is always ``crop_size``.
@@ -95,6 +103,8 @@ def geometric_transform(
         scale: zoom drawn uniformly in ``1 +- scale``.
         elastic_prob: probability of the elastic deformation (2D: control points every quarter
             crop moved up to 3 px; 3D: smoothing sigma 5-8 voxels, magnitude 50-150).
+        crop_scale: ``(lo, hi)`` side fractions of a crop-and-resize (``0 < lo <= hi <= 1``), or
+            ``None`` for a fixed-size window.
     """
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
@@ -105,9 +115,27 @@ def geometric_transform(
     rot = math.radians(rotate_deg)
     rotate_range = (rot,) if spatial_dims == 2 else (rot, rot, rot)
     steps: list[Callable[..., Any]] = [
-        SpatialPadd(keys, spatial_size=size, allow_missing_keys=True),
-        RandSpatialCropd(keys, roi_size=size, random_size=False, allow_missing_keys=True),
+        SpatialPadd(keys, spatial_size=size, allow_missing_keys=True)
     ]
+    if crop_scale is None:
+        steps.append(
+            RandSpatialCropd(keys, roi_size=size, random_size=False, allow_missing_keys=True)
+        )
+    else:
+        lo, hi = crop_scale
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(f"crop_scale must satisfy 0 < lo <= hi <= 1, got {crop_scale}")
+        steps += [
+            RandScaleCropd(
+                keys, roi_scale=lo, max_roi_scale=hi, random_size=True, allow_missing_keys=True
+            ),
+            Resized(
+                keys,
+                spatial_size=size,
+                mode=modes,
+                allow_missing_keys=True,
+            ),
+        ]
     steps += [
         RandFlipd(keys, prob=flip_prob, spatial_axis=axis, allow_missing_keys=True)
         for axis in range(spatial_dims)

@@ -1,0 +1,1 @@
+"""What every evaluation shares: datasets and splits, metrics, tables (the evaluation room)."""
