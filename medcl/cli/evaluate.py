@@ -24,6 +24,43 @@ def add_parser(sub: Any) -> None:
     add_evaluation_args(p, "volume-ssl")
     p.set_defaults(func=_volume_ssl)
 
+    fl = cmds.add_parser(
+        "few-label",
+        help="Chaitanya et al. on a patient split (ACDC): random init vs GR / GD- / GD / "
+        "GD- + local with 1, 2, 8 labelled volumes, paired differences over seeds",
+        description=(
+            "Pretrain each method on the non-test patients, fine-tune with N labelled volumes "
+            "per seed (steps chosen on the validation patients), and report Dice per structure "
+            "on the test patients with 95%% intervals. Finished runs are skipped on a re-run."
+        ),
+    )
+    add_evaluation_args(fl, "few-label")
+    fl.set_defaults(func=_few_label)
+
+    sg = cmds.add_parser(
+        "seg",
+        help="evaluate a fine-tuned segmentation model on a folder of labelled volumes",
+        description=(
+            "Dice and HD95 per structure and volume (CSV), a summary table, and the predicted "
+            "masks as NIfTI with each input's affine. Folders: ACDC (patientNNN/), MSD, BIDS or "
+            "flat image/label pairs."
+        ),
+    )
+    sg.add_argument("--model", type=Path, required=True, help="model.pt from medcl finetune seg")
+    sg.add_argument("--data", type=Path, required=True, help="folder of labelled volumes")
+    sg.add_argument(
+        "--layout",
+        choices=["auto", "acdc", "msd", "bids", "flat"],
+        default="auto",
+        help="folder layout (default: recognised from the folder)",
+    )
+    sg.add_argument("--out", dest="out_dir", type=Path, default=None, help="output folder")
+    sg.add_argument(
+        "--no-masks", action="store_true", help="do not write the predicted masks as NIfTI"
+    )
+    add_workspace_arg(sg)
+    sg.set_defaults(func=_seg)
+
     pr = cmds.add_parser(
         "probe",
         help="k-NN and linear-probe (balanced) accuracy of frozen encoders",
@@ -67,6 +104,34 @@ def _volume_ssl(args: argparse.Namespace) -> int:
         cfg, workspace=args.workspace, data_root=data_root(args.data_root), readme=args.readme
     )
     print(table)
+    return 0
+
+
+def _few_label(args: argparse.Namespace) -> int:
+    from medcl.eval.few_label import FewLabelEvalConfig, run_few_label_eval
+    from medcl.workspace import data_root
+
+    cfg = resolve_config(FewLabelEvalConfig, args, {"out_dir": args.out_dir})
+    _, table = run_few_label_eval(
+        cfg, workspace=args.workspace, data_root=data_root(args.data_root), readme=args.readme
+    )
+    print(table)
+    return 0
+
+
+def _seg(args: argparse.Namespace) -> int:
+    from medcl.eval.seg_job import run_eval_seg
+
+    result = run_eval_seg(
+        args.model,
+        args.data,
+        out_dir=args.out_dir,
+        workspace=args.workspace,
+        layout=args.layout,
+        save_masks=not args.no_masks,
+    )
+    print(result.table)
+    print(f"scores: {result.out_dir / 'scores.csv'}")
     return 0
 
 

@@ -52,13 +52,17 @@ def hd95(pred: np.ndarray, target: np.ndarray, spacing: Sequence[float]) -> floa
         raise ValueError(f"pred shape {pred.shape} differs from target shape {target.shape}")
     if not pred.any() or not target.any():
         return math.nan
+    import warnings
+
     from monai.metrics import compute_hausdorff_distance
 
     p = torch.from_numpy(np.ascontiguousarray(pred, dtype=np.float32))[None, None]
     t = torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32))[None, None]
-    value = compute_hausdorff_distance(
-        p, t, include_background=True, percentile=95, spacing=[float(s) for s in spacing]
-    )
+    with warnings.catch_warnings():  # MONAI deprecation notices about its own internals
+        warnings.simplefilter("ignore", FutureWarning)
+        value = compute_hausdorff_distance(
+            p, t, include_background=True, percentile=95, spacing=[float(s) for s in spacing]
+        )
     return float(value.reshape(-1)[0])
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import Field
 
 from medcl.config import StrictModel, save_config
+from medcl.eval.tables import update_readme as write_readme_section
 from medcl.pretrain.finetune import FinetuneSegConfig, run_finetune_seg
 from medcl.pretrain.volume import VolumePretrainConfig, run_pretrain_volume
 from medcl.workspace import slug, stage_dir, workspace_root
@@ -192,14 +193,8 @@ def _plot(rows: list[EvalRow], tasks: list[str], methods: list[str], path: Path)
 def update_readme(
     readme: Path, table: str, note: str, markers: tuple[str, str] = (README_START, README_END)
 ) -> None:
-    """Replace the text between the README's ``markers`` with ``note`` and ``table``."""
-    begin, finish = markers
-    text = readme.read_text(encoding="utf-8")
-    if begin not in text or finish not in text:
-        raise ValueError(f"{readme}: markers {begin} / {finish} not found")
-    head, rest = text.split(begin, 1)
-    _, tail = rest.split(finish, 1)
-    readme.write_text(f"{head}{begin}\n{note}\n\n{table}{finish}{tail}", encoding="utf-8")
+    """Replace the text between the README's ``markers`` (see :mod:`medcl.eval.tables`)."""
+    write_readme_section(readme, table, note, markers)
 
 
 def run_volume_ssl_eval(

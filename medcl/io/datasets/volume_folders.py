@@ -6,6 +6,8 @@ Layouts:
   ``derivatives/labels/sub-*/[ses-*/]<datatype>/sub-*_<suffix>_<label_suffix>.nii.gz``.
 - **MSD** (Medical Segmentation Decathlon, nnU-Net): ``imagesTr/<case>[_0000].nii.gz`` with
   ``labelsTr/<case>.nii.gz``; the modality comes from ``dataset.json`` when it names one.
+- **ACDC**: ``patientNNN/patientNNN_frameMM.nii.gz`` with ``..._gt.nii.gz``
+  (:mod:`medcl.io.datasets.acdc`); the subject is the patient.
 - **flat**: ``X_image.nrrd`` with ``X_label.nrrd``, or ``X.nii.gz`` with ``X_seg.nii.gz``
   (also ``X_label``, ``X-label``, ``X_mask``), any supported extension.
 
@@ -26,7 +28,7 @@ from medcl.io.volumes import NIFTI_SUFFIXES, NRRD_SUFFIXES, bids_modality
 
 logger = logging.getLogger(__name__)
 
-Layout = Literal["auto", "bids", "msd", "flat"]
+Layout = Literal["auto", "bids", "msd", "flat", "acdc"]
 _VOLUME_SUFFIXES = (*NIFTI_SUFFIXES, *NRRD_SUFFIXES)
 _LABEL_TAILS = ("_seg", "_label", "-label", "_mask")
 _BIDS_NAME = re.compile(r"^(sub-[A-Za-z0-9]+)(?:_[A-Za-z0-9]+-[A-Za-z0-9]+)*_([A-Za-z0-9]+)$")
@@ -126,11 +128,23 @@ def find_flat_pairs(root: str | Path) -> list[VolumeItem]:
     return items
 
 
-def detect_layout(root: str | Path) -> Literal["bids", "msd", "flat"]:
-    """``"msd"`` if ``imagesTr/`` exists, ``"bids"`` if ``sub-*`` folders do, else ``"flat"``."""
+def find_acdc_pairs(root: str | Path) -> list[VolumeItem]:
+    """Every frame of an ACDC folder with its ``_gt`` label (``None`` when missing)."""
+    from medcl.io.datasets.acdc import find_acdc
+
+    return [VolumeItem(f.image, f.label, f.patient, "mr") for f in find_acdc(root)]
+
+
+def detect_layout(root: str | Path) -> Literal["bids", "msd", "flat", "acdc"]:
+    """``"msd"`` if ``imagesTr/`` exists, ``"acdc"`` if ``patientNNN/`` frame folders do,
+    ``"bids"`` if ``sub-*`` folders do, else ``"flat"``."""
+    from medcl.io.datasets.acdc import is_acdc_folder
+
     base = Path(root)
     if (base / "imagesTr").is_dir():
         return "msd"
+    if is_acdc_folder(base):
+        return "acdc"
     if any(p.is_dir() for p in base.glob("sub-*")):
         return "bids"
     return "flat"
@@ -143,7 +157,8 @@ def find_volume_pairs(
 
     Args:
         root: the dataset folder.
-        layout: ``"bids"``, ``"msd"``, ``"flat"``, or ``"auto"`` (see :func:`detect_layout`).
+        layout: ``"bids"``, ``"msd"``, ``"acdc"``, ``"flat"``, or ``"auto"``
+            (see :func:`detect_layout`).
         label_suffix: BIDS label name after the image suffix (``seg-manual``, ``lesion-manual``).
 
     Returns:
@@ -158,6 +173,8 @@ def find_volume_pairs(
     chosen = detect_layout(base) if layout == "auto" else layout
     if chosen == "bids":
         items = find_bids_pairs(base, label_suffix=label_suffix)
+    elif chosen == "acdc":
+        items = find_acdc_pairs(base)
     elif chosen == "msd":
         if not (base / "imagesTr").is_dir():
             raise InvalidInputError(base, "MSD layout expects an imagesTr/ folder")

@@ -1,0 +1,526 @@
+"""``medcl eval few-label``: Chaitanya et al. (NeurIPS 2020) on a patient-split volume dataset.
+
+The protocol of the paper on its own dataset (ACDC): pretrain a 2D UNet on the unlabelled volumes
+of every non-test patient with each method (GR, GD-, GD, GD- + local), then fine-tune from random
+init and from each pretrained model with 1, 2 and 8 labelled volumes drawn from the training pool
+per seed (the same volumes for every method of a seed: differences are paired), select the steps
+on the validation patients, and report Dice per structure on the test patients. A ``benchmark``
+row fine-tunes from random init on the whole training pool, so the few-label rows read as a
+fraction of it, as in the paper.
+
+Deviations from the paper, named: pretraining runs once per method (``pretrain_seed``), so the
+interval over seeds measures the labelled subset and the fine-tuning, not the pretraining; image
+size, channels and step budgets are smaller (2 CPU cores; see the config).
+
+Outputs under ``<workspace>/eval/<name>/``: ``pretrain/<method>_<hash>/`` (stage folders with loss
+curves), ``finetune/<method>/n<N>_seed<S>_<hash>/`` (one :func:`run_finetune_seg` job each),
+``results.csv`` (one row per run with Dice and HD95 per structure), ``results.md`` (the tables),
+``pretrain_curves.png`` and ``results.png``. Folder names carry a hash of the settings that
+change their output, so a changed setting never reuses a stale run; finished runs are skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from medcl.config import StrictModel, save_config
+from medcl.errors import ConfigError, InvalidInputError
+from medcl.eval.tables import mean_interval, paired_interval, update_readme
+from medcl.io.datasets.acdc import AcdcFrame, find_acdc, load_patient_split, patients
+from medcl.pretrain.finetune import FinetuneSegConfig, run_finetune_seg
+from medcl.pretrain.volume import VolumePretrainConfig, run_pretrain_volume
+from medcl.pretrain.volume_data import VolumeSource, resolve_path
+from medcl.workspace import slug, stage_dir, workspace_root
+
+log = logging.getLogger(__name__)
+
+README_START = "<!-- few-label:start -->"
+README_END = "<!-- few-label:end -->"
+
+
+class MethodConfig(StrictModel):
+    """One row: a global loss (or none) and whether the local stage follows."""
+
+    name: str
+    global_loss: Literal["none", "gr", "gd-", "gd"]
+    local: bool = False
+
+
+def _default_methods() -> list[MethodConfig]:
+    return [
+        MethodConfig(name="random init", global_loss="none"),
+        MethodConfig(name="GR", global_loss="gr"),
+        MethodConfig(name="GD-", global_loss="gd-"),
+        MethodConfig(name="GD", global_loss="gd"),
+        MethodConfig(name="GD- + local", global_loss="gd-", local=True),
+    ]
+
+
+class PatientDatasetConfig(StrictModel):
+    """A labelled volume dataset split by patient (ACDC layout)."""
+
+    root: Path = Path("volumes/acdc")
+    format: Literal["acdc"] = "acdc"
+    split: Path = Path("configs/splits/acdc.yaml")
+    classes: dict[str, int] = Field(default_factory=lambda: {"rv": 1, "myocardium": 2, "lv": 3})
+    labelled_frames: Literal["first", "all"] = Field(
+        default="first",
+        description="a labelled volume is a patient's first frame (ACDC: end-diastole, as the "
+        "reference code) or every frame of the patient",
+    )
+    test_frames: Literal["first", "all"] = "all"
+    val_frames: Literal["first", "all"] = "first"
+
+
+class FewLabelEvalConfig(StrictModel):
+    """Methods x labelled-volume counts x seeds on a patient split."""
+
+    name: str = "few_label"
+    dataset: PatientDatasetConfig = Field(default_factory=PatientDatasetConfig)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    labelled: list[int] = Field(default_factory=lambda: [1, 2, 8])
+    benchmark: bool = True
+    methods: list[MethodConfig] = Field(default_factory=_default_methods)
+    pretrain_seed: int = 0
+    pretrain: VolumePretrainConfig = Field(default_factory=VolumePretrainConfig)
+    finetune: FinetuneSegConfig = Field(default_factory=FinetuneSegConfig)
+    out_dir: Path | None = None
+
+    @field_validator("labelled")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if not value or min(value) < 1:
+            raise ValueError("labelled counts must be positive")
+        return sorted(set(value))
+
+
+BENCHMARK = "benchmark (all training patients)"
+
+
+@dataclass
+class RunRow:
+    """One fine-tuning run."""
+
+    method: str
+    labelled: int
+    seed: int
+    mean_dice: float
+    class_dice: dict[str, float]
+    class_hd95: dict[str, float]
+    steps: int
+    best_step: int | None
+    seconds: float
+    fresh: bool = True
+    patients: list[str] = field(default_factory=list)
+
+
+def settings_hash(payload: Any) -> str:
+    """8 hex digits of the SHA-256 of ``payload`` as canonical JSON."""
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def _frames_of(
+    by_patient: dict[str, list[AcdcFrame]], ids: list[str], which: str, *, labelled: bool
+) -> list[VolumeSource]:
+    out = []
+    for pid in ids:
+        frames = by_patient[pid]
+        chosen = frames[:1] if which == "first" else frames
+        for f in chosen:
+            if labelled and f.label is None:
+                log.warning("%s: no _gt label; skipped for fine-tuning and testing", f.image)
+                continue
+            out.append(VolumeSource(image=f.image, label=f.label if labelled else None, id=f.id))
+    return out
+
+
+def labelled_subset(pool: list[str], n: int, seed: int) -> list[str]:
+    """``n`` patients of ``pool`` for ``seed``: the first ``n`` of a seeded permutation (nested:
+    the 1-patient subset is inside the 2-patient one, which is inside the 8-patient one)."""
+    if n > len(pool):
+        raise ConfigError(
+            "labelled", None, f"asked for {n} labelled patients, pool has {len(pool)}"
+        )
+    order = np.random.default_rng(1000 + seed).permutation(len(pool))
+    return [sorted(pool)[i] for i in order[:n]]
+
+
+class _Data:
+    """The dataset resolved: frames by patient and the split checked against the disk."""
+
+    def __init__(self, cfg: FewLabelEvalConfig, data_root: Path | None) -> None:
+        d = cfg.dataset
+        root = resolve_path(d.root, data_root)
+        frames = find_acdc(root)
+        self.by_patient: dict[str, list[AcdcFrame]] = {}
+        for f in frames:
+            self.by_patient.setdefault(f.patient, []).append(f)
+        self.split = load_patient_split(d.split, patients(frames))
+        labelled_pool = [p for p in self.split["train"] if self.by_patient[p][0].label is not None]
+        skipped = sorted(set(self.split["train"]) - set(labelled_pool))
+        if skipped:
+            log.warning(
+                "%d training patients have no label: pretraining only (%s)",
+                len(skipped),
+                ", ".join(skipped[:5]),
+            )
+        self.pool = labelled_pool
+        self.root = root
+        self.cfg = d
+
+    def pretrain_sources(self) -> list[VolumeSource]:
+        ids = [*self.split["train"], *self.split["val"]]  # never a test patient
+        return _frames_of(self.by_patient, ids, "all", labelled=False)
+
+    def val_sources(self) -> list[VolumeSource]:
+        return _frames_of(self.by_patient, self.split["val"], self.cfg.val_frames, labelled=True)
+
+    def test_sources(self) -> list[VolumeSource]:
+        return _frames_of(self.by_patient, self.split["test"], self.cfg.test_frames, labelled=True)
+
+    def train_sources(self, ids: list[str]) -> list[VolumeSource]:
+        return _frames_of(self.by_patient, ids, self.cfg.labelled_frames, labelled=True)
+
+
+def _pretrain(
+    cfg: FewLabelEvalConfig, method: MethodConfig, data: _Data, root: Path
+) -> Path | None:
+    if method.global_loss == "none" and not method.local:
+        return None
+    pre = cfg.pretrain.model_copy(deep=True)
+    pre.data = pre.data.model_copy(update={"volumes": data.pretrain_sources(), "root": None})
+    pre.train = pre.train.model_copy(update={"seed": cfg.pretrain_seed})
+    pre.global_stage = pre.global_stage.model_copy(update={"loss": method.global_loss})
+    pre.local_stage = pre.local_stage.model_copy(update={"enabled": method.local})
+    key = pre.model_dump(mode="json", exclude={"name", "out_dir"})
+    global_key = {**key, "local_stage": None}
+    out = root / "pretrain" / f"{slug(method.name)}_{settings_hash(key)}"
+    weights = out / "pretrained.pt"
+    if weights.is_file():
+        return weights
+    if method.local:  # reuse the global stage of the same loss and settings when present
+        twin = root / "pretrain" / f"global-{method.global_loss}_{settings_hash(global_key)}"
+        if (twin / "global").is_dir() and not (out / "global").exists():
+            shutil.copytree(twin / "global", out / "global")
+    pre.name = f"{method.name} ({cfg.name})"
+    pre.out_dir = out
+    log.info("pretraining %s on %d volumes", method.name, len(pre.data.volumes))
+    run_pretrain_volume(pre)
+    if not method.local:  # publish the global stage for a "+ local" method to reuse
+        twin = root / "pretrain" / f"global-{method.global_loss}_{settings_hash(global_key)}"
+        if not twin.exists():
+            shutil.copytree(out / "global", twin / "global")
+    return weights
+
+
+def _finetune(
+    cfg: FewLabelEvalConfig,
+    method: str,
+    n: int,
+    seed: int,
+    ids: list[str],
+    weights: Path | None,
+    data: _Data,
+    root: Path,
+) -> RunRow:
+    ft = cfg.finetune.model_copy(deep=True)
+    ft.data = ft.data.model_copy(
+        update={
+            "root": None,
+            "train": data.train_sources(ids),
+            "val": data.val_sources(),
+            "test": data.test_sources(),
+            "classes": dict(data.cfg.classes),
+        }
+    )
+    ft.init = str(weights) if weights is not None else "random"
+    ft.train = ft.train.model_copy(update={"seed": seed})
+    key = ft.model_dump(mode="json", exclude={"name", "out_dir"})
+    out = root / "finetune" / slug(method) / f"n{n}_seed{seed}_{settings_hash(key)}"
+    done = out / "metrics.json"
+    if not done.is_file():
+        ft.name = f"{method} n={n} seed {seed}"
+        ft.out_dir = out
+        tic = time.perf_counter()
+        run_finetune_seg(ft)
+        saved = json.loads(done.read_text())
+        saved["seconds"] = time.perf_counter() - tic
+        saved["patients"] = ids
+        done.write_text(json.dumps(saved, indent=2, default=str) + "\n")
+        fresh = True
+    else:
+        saved = json.loads(done.read_text())
+        fresh = False
+    return RunRow(
+        method,
+        n,
+        seed,
+        float(saved["mean_dice"]),
+        {k: float(v) for k, v in saved["class_dice"].items()},
+        {k: float(v) for k, v in saved.get("class_hd95", {}).items()},
+        int(saved.get("steps", 0)),
+        saved.get("best_step"),
+        float(saved.get("seconds", math.nan)),
+        fresh,
+        list(saved.get("patients", ids)),
+    )
+
+
+def run_few_label_eval(
+    cfg: FewLabelEvalConfig,
+    *,
+    workspace: Path | None = None,
+    data_root: Path | None = None,
+    readme: Path | None = None,
+) -> tuple[list[RunRow], str]:
+    """Run every (method, labelled count, seed) and the benchmark; returns rows and tables."""
+    if not cfg.methods:
+        raise ConfigError("methods", None, "no methods to compare")
+    root = (
+        Path(cfg.out_dir)
+        if cfg.out_dir
+        else stage_dir(workspace or workspace_root(), "eval", cfg.name)
+    )
+    root.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, root)
+    data = _Data(cfg, data_root)
+    if max(cfg.labelled) > len(data.pool):
+        raise ConfigError(
+            "labelled",
+            None,
+            f"{max(cfg.labelled)} labelled patients asked, pool has {len(data.pool)}",
+        )
+    log.info(
+        "%s: %d pretraining volumes, %d training-pool / %d val / %d test patients",
+        data.root,
+        len(data.pretrain_sources()),
+        len(data.pool),
+        len(data.split["val"]),
+        len(data.split["test"]),
+    )
+    tic = time.perf_counter()
+    rows: list[RunRow] = []
+    for method in cfg.methods:
+        weights = _pretrain(cfg, method, data, root)
+        for n in cfg.labelled:
+            for seed in cfg.seeds:
+                ids = labelled_subset(data.pool, n, seed)
+                row = _finetune(cfg, method.name, n, seed, ids, weights, data, root)
+                log.info(
+                    "%s | n=%d | seed %d: mean Dice %.3f (%d steps)",
+                    method.name,
+                    n,
+                    seed,
+                    row.mean_dice,
+                    row.steps,
+                )
+                rows.append(row)
+    if cfg.benchmark:
+        n_all = len(data.pool)
+        for seed in cfg.seeds:
+            rows.append(_finetune(cfg, BENCHMARK, n_all, seed, list(data.pool), None, data, root))
+    minutes = (time.perf_counter() - tic) / 60
+    names = list(cfg.dataset.classes)
+    tables = results_tables(rows, [m.name for m in cfg.methods], cfg.labelled, names)
+    (root / "results.md").write_text(tables)
+    _write_csv(rows, names, root / "results.csv")
+    _plot_results(rows, [m.name for m in cfg.methods], cfg.labelled, root / "results.png")
+    plot_pretrain_curves(root / "pretrain", root / "pretrain_curves.png")
+    if readme is not None:
+        fresh = sum(r.fresh for r in rows)
+        note = (
+            f"Produced by `medcl eval few-label` (seeds {cfg.seeds}): {fresh} of {len(rows)} "
+            f"fine-tuning runs computed by this invocation in {minutes:.1f} min, the rest reused "
+            "from earlier invocations with the same settings; per-run Dice, HD95 and steps in "
+            "`results.csv`."
+        )
+        update_readme(readme, tables, note, (README_START, README_END))
+    return rows, tables
+
+
+def results_tables(
+    rows: list[RunRow], methods: list[str], counts: list[int], names: list[str]
+) -> str:
+    """Mean Dice with 95% intervals, per-structure Dice, and paired differences vs random init."""
+    bench = [r.mean_dice for r in rows if r.method == BENCHMARK]
+    bench_mean = float(np.mean(bench)) if bench else math.nan
+    head = "| method | " + " | ".join(f"{n} labelled" for n in counts) + " |"
+    out = [
+        "Mean Dice over structures on the test patients (mean, 95% interval over seeds):",
+        "",
+        head,
+        "|" + " --- |" * (len(counts) + 1),
+    ]
+    for m in methods:
+        cells = []
+        for n in counts:
+            vals = [r.mean_dice for r in rows if r.method == m and r.labelled == n]
+            cell = mean_interval(vals)
+            if vals and math.isfinite(bench_mean) and bench_mean > 0:
+                cell += f"; {np.mean(vals) / bench_mean:.0%} of benchmark"
+            cells.append(cell)
+        out.append(f"| {m} | " + " | ".join(cells) + " |")
+    if bench:
+        n_all = next(r.labelled for r in rows if r.method == BENCHMARK)
+        out.append(
+            f"| {BENCHMARK}, {n_all} labelled | "
+            + mean_interval(bench)
+            + " |"
+            + " |" * (len(counts) - 1)
+        )
+    base = methods[0]
+    out += [
+        "",
+        f"Paired difference in mean Dice against {base} (same labelled volumes and seed; "
+        "mean, 95% interval):",
+        "",
+        head,
+        "|" + " --- |" * (len(counts) + 1),
+    ]
+    for m in methods[1:]:
+        cells = []
+        for n in counts:
+            pairs = _pairs(rows, m, base, n)
+            cells.append(paired_interval([a - b for a, b in pairs]))
+        out.append(f"| {m} | " + " | ".join(cells) + " |")
+    out += [
+        "",
+        "Dice per structure (mean over seeds):",
+        "",
+        "| method | labelled | " + " | ".join(names) + " | steps (mean) |",
+        "|" + " --- |" * (len(names) + 3),
+    ]
+    for m in [*methods, BENCHMARK]:
+        for n in sorted({r.labelled for r in rows if r.method == m}):
+            sel = [r for r in rows if r.method == m and r.labelled == n]
+            per = [f"{np.nanmean([r.class_dice.get(c, math.nan) for r in sel]):.3f}" for c in names]
+            steps = np.mean([r.steps for r in sel])
+            out.append(f"| {m} | {n} | " + " | ".join(per) + f" | {steps:.0f} |")
+    return "\n".join(out) + "\n"
+
+
+def _pairs(rows: list[RunRow], a: str, b: str, n: int) -> list[tuple[float, float]]:
+    other = {r.seed: r.mean_dice for r in rows if r.method == b and r.labelled == n}
+    return [
+        (r.mean_dice, other[r.seed])
+        for r in rows
+        if r.method == a and r.labelled == n and r.seed in other
+    ]
+
+
+def _write_csv(rows: list[RunRow], names: list[str], path: Path) -> None:
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(
+            [
+                "method",
+                "labelled",
+                "seed",
+                "mean_dice",
+                *[f"dice_{n}" for n in names],
+                *[f"hd95_{n}" for n in names],
+                "steps",
+                "best_step",
+                "seconds",
+                "patients",
+            ]
+        )
+        for r in rows:
+            writer.writerow(
+                [
+                    r.method,
+                    r.labelled,
+                    r.seed,
+                    f"{r.mean_dice:.4f}",
+                    *[f"{r.class_dice.get(n, math.nan):.4f}" for n in names],
+                    *[f"{r.class_hd95.get(n, math.nan):.2f}" for n in names],
+                    r.steps,
+                    r.best_step,
+                    f"{r.seconds:.1f}",
+                    " ".join(r.patients) if len(r.patients) <= 8 else f"{len(r.patients)} patients",
+                ]
+            )
+
+
+def _plot_results(rows: list[RunRow], methods: list[str], counts: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.6 * len(methods) * len(counts) / 2 + 3, 4))
+    width = 0.8 / len(methods)
+    for i, m in enumerate(methods):
+        for j, n in enumerate(counts):
+            vals = [r.mean_dice for r in rows if r.method == m and r.labelled == n]
+            x = j + (i - (len(methods) - 1) / 2) * width
+            ax.bar(
+                x,
+                float(np.mean(vals)) if vals else 0,
+                width,
+                color=f"C{i}",
+                alpha=0.6,
+                label=m if j == 0 else None,
+            )
+            ax.scatter([x] * len(vals), vals, color="k", s=8, zorder=3)
+    bench = [r.mean_dice for r in rows if r.method == BENCHMARK]
+    if bench:
+        ax.axhline(float(np.mean(bench)), color="k", ls="--", lw=1, label="benchmark")
+    ax.set_xticks(range(len(counts)), [f"{n} labelled" for n in counts])
+    ax.set_ylabel("mean Dice (test patients)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_pretrain_curves(pretrain_root: Path, path: Path) -> None:
+    """Loss against step of every pretraining stage found under ``pretrain_root``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = sorted(pretrain_root.glob("*/*/metrics.csv")) if pretrain_root.is_dir() else []
+    curves = [c for c in curves if not c.parent.parent.name.startswith("global-")]
+    if not curves:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for c in curves:
+        steps, losses = [], []
+        with c.open(newline="") as fh:
+            for row in csv.DictReader(fh):
+                steps.append(int(row["step"]))
+                losses.append(float(row["loss"]))
+        ax = axes[0 if c.parent.name == "global" else 1]
+        ax.plot(steps, losses, lw=1, label=c.parent.parent.name.rsplit("_", 1)[0])
+    for ax, title in zip(axes, ("global stage", "local stage"), strict=True):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def check_split_dataset(cfg: FewLabelEvalConfig, data_root: Path | None) -> None:
+    """Resolve the dataset and split once (raises the clear errors of :class:`_Data`)."""
+    try:
+        _Data(cfg, data_root)
+    except KeyError as exc:  # a patient with no frame at all
+        raise InvalidInputError(cfg.dataset.split, f"patient {exc} has no frames") from None

@@ -1,0 +1,56 @@
+"""Numbers for README tables: means with 95% intervals over seeds, and the README writer."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """``(mean, low, high)``: Student-t interval of the mean; ``low = high = mean`` for one value.
+
+    Non-finite values are dropped; all ``nan`` when none is left.
+    """
+    arr = np.array([v for v in values if math.isfinite(v)], dtype=np.float64)
+    if arr.size == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(arr.mean())
+    if arr.size == 1:
+        return mean, mean, mean
+    from scipy.stats import t
+
+    half = float(t.ppf(0.5 + level / 2, arr.size - 1) * arr.std(ddof=1) / math.sqrt(arr.size))
+    return mean, mean - half, mean + half
+
+
+def mean_interval(values: Sequence[float], digits: int = 3) -> str:
+    """``"0.712 [0.690, 0.734] (n=3)"``, or ``"n/a"`` without values."""
+    mean, low, high = t_interval(values)
+    if math.isnan(mean):
+        return "n/a"
+    n = sum(math.isfinite(v) for v in values)
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}] (n={n})"
+
+
+def paired_interval(differences: Sequence[float], digits: int = 3) -> str:
+    """Like :func:`mean_interval` for paired differences, signed, marking intervals above 0."""
+    mean, low, high = t_interval(differences)
+    if math.isnan(mean):
+        return "n/a"
+    n = sum(math.isfinite(v) for v in differences)
+    mark = " above 0" if low > 0 else (" below 0" if high < 0 else "")
+    return f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}] (n={n}){mark}"
+
+
+def update_readme(readme: Path, table: str, note: str, markers: tuple[str, str]) -> None:
+    """Replace the text between the README's ``markers`` with ``note`` and ``table``."""
+    begin, finish = markers
+    text = readme.read_text(encoding="utf-8")
+    if begin not in text or finish not in text:
+        raise ValueError(f"{readme}: markers {begin} / {finish} not found")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(finish, 1)
+    readme.write_text(f"{head}{begin}\n{note}\n\n{table}{finish}{tail}", encoding="utf-8")

@@ -1,0 +1,196 @@
+"""`medcl eval few-label` and `medcl eval seg` end to end on a synthetic ACDC folder."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medcl.cli import main
+from medcl.io.datasets.acdc import write_patient_split
+from medcl.testing.acdc import write_synthetic_acdc
+
+SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke" / "few_label_acdc.yaml"
+MARKERS = "<!-- few-label:start -->\nold\n<!-- few-label:end -->\n"
+
+
+def _dataset(root: Path) -> Path:
+    write_synthetic_acdc(root / "acdc", list(range(1, 8)), size=40, depth=6)
+    split = {
+        "train": ["patient001", "patient002", "patient003", "patient004"],
+        "val": ["patient005"],
+        "test": ["patient006", "patient007"],
+    }
+    write_patient_split(split, root / "split.yaml")
+    return root
+
+
+def _args(root: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "eval",
+        "few-label",
+        "--config",
+        str(SMOKE),
+        "--data-root",
+        str(root),
+        "--set",
+        f"dataset.split={root / 'split.yaml'}",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def protocol(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    root = _dataset(tmp_path_factory.mktemp("fewlabel"))
+    out = root / "eval"
+    readme = root / "README.md"
+    readme.write_text("# x\n" + MARKERS)
+    assert main([*_args(root, out), "--readme", str(readme)]) == 0
+    return root, out, readme
+
+
+@pytest.mark.slow
+def test_protocol_writes_paired_tables_and_every_run(protocol: tuple[Path, Path, Path]) -> None:
+    _, out, readme = protocol
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    # 2 methods x 2 labelled counts x 2 seeds, plus the benchmark on all 4 pool patients x 2 seeds
+    assert len(rows) == 10
+    assert {(r["method"], r["labelled"]) for r in rows} >= {
+        ("random init", "1"),
+        ("GD- + local", "2"),
+        ("benchmark (all training patients)", "4"),
+    }
+    for r in rows:
+        assert 0.0 <= float(r["mean_dice"]) <= 1.0
+        assert int(r["steps"]) <= 6
+    # the same labelled patients for both methods of a seed (paired), nested across counts
+    by = {(r["method"], r["labelled"], r["seed"]): r["patients"] for r in rows}
+    assert by[("random init", "1", "0")] == by[("GD- + local", "1", "0")]
+    assert by[("random init", "1", "1")] in by[("random init", "2", "1")]
+    text = readme.read_text()
+    assert "Paired difference in mean Dice against random init" in text
+    assert "| GD- + local | " in text and "old" not in text
+    assert (out / "pretrain_curves.png").is_file() and (out / "results.png").is_file()
+    pretrain = [p.name for p in (out / "pretrain").iterdir()]
+    assert any(p.startswith("GD-_+_local_") for p in pretrain)
+    local = next((out / "pretrain").glob("GD-_+_local_*/local/metrics.csv"))
+    assert local.read_text().splitlines()[-1].startswith("2,")
+    model = next((out / "finetune" / "random_init").glob("n1_seed0_*/model.pt"))
+    assert model.is_file()
+
+
+@pytest.mark.slow
+def test_rerun_reuses_and_a_changed_setting_starts_new_runs(
+    protocol: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, out, readme = protocol
+    assert main([*_args(root, out), "--readme", str(readme)]) == 0
+    assert "0 of 10 fine-tuning runs computed by this invocation" in readme.read_text()
+    before = sorted(p.name for p in (out / "finetune" / "random_init").iterdir())
+    args = _args(
+        root,
+        out,
+        "--set",
+        "finetune.lr=0.002",
+        "--set",
+        "methods=[{name: random init, global_loss: none}]",
+        "--set",
+        "seeds=[0]",
+        "--set",
+        "labelled=[1]",
+        "--set",
+        "benchmark=false",
+    )
+    assert main(args) == 0
+    after = sorted(p.name for p in (out / "finetune" / "random_init").iterdir())
+    assert len(after) == len(before) + 1  # a new folder: the old run is not reused
+
+
+@pytest.mark.slow
+def test_eval_seg_scores_writes_masks_and_refuses_other_classes(
+    protocol: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, out, _ = protocol
+    model = next((out / "finetune" / "random_init").glob("n2_seed0_*/model.pt"))
+    dest = tmp_path / "seg"
+    assert (
+        main(
+            ["eval", "seg", "--model", str(model), "--data", str(root / "acdc"), "--out", str(dest)]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "| structure | Dice | HD95 (voxels) |" in printed
+    rows = list(csv.DictReader((dest / "scores.csv").open()))
+    assert len(rows) == 7 * 2 * 3 and {r["structure"] for r in rows} == {"rv", "myocardium", "lv"}
+    mask = nib.load(dest / "masks" / "patient006_frame02_pred.nii.gz")
+    image = nib.load(root / "acdc" / "patient006" / "patient006_frame02.nii.gz")
+    assert mask.shape == image.shape
+    np.testing.assert_allclose(mask.affine, image.affine)
+    assert set(np.unique(np.asarray(mask.dataobj)).tolist()) <= {0, 1, 2, 3}
+    summary = json.loads((dest / "summary.json").read_text())
+    assert summary["classes"] == {"rv": 1, "myocardium": 2, "lv": 3}
+    # a label value the model does not know: refused, naming both sides
+    other = tmp_path / "other"
+    write_synthetic_acdc(other, [9], size=40, depth=6)
+    gt = other / "patient009" / "patient009_frame01_gt.nii.gz"
+    img = nib.load(gt)
+    arr = np.asarray(img.dataobj).copy()
+    arr[0, 0, 0] = 4
+    nib.save(nib.Nifti1Image(arr, img.affine), gt)
+    assert main(["eval", "seg", "--model", str(model), "--data", str(other)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "classes do not match the labels: the model has rv=1, myocardium=2, lv=3" in err
+    assert "4 (e.g. in patient009_frame01_gt.nii.gz)" in err and len(err.splitlines()) == 1
+    pretrained = next((out / "pretrain").glob("GD-_+_local_*/pretrained.pt"))
+    assert main(["eval", "seg", "--model", str(pretrained), "--data", str(root / "acdc")]) == 2
+    assert "no class map" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bad_dataset_inputs_are_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = _dataset(tmp_path)
+    quick = [
+        "--set",
+        "seeds=[0]",
+        "--set",
+        "labelled=[1]",
+        "--set",
+        "benchmark=false",
+        "--set",
+        "methods=[{name: random init, global_loss: none}]",
+    ]
+    # a split naming a patient that is not there
+    write_patient_split(
+        {"train": ["patient001", "patient042"], "val": ["patient005"], "test": ["patient006"]},
+        root / "split.yaml",
+    )
+    assert main(_args(root, tmp_path / "a", *quick)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "split.yaml: 1 patient(s) named in the split are not in the data: patient042" in err
+    write_patient_split(
+        {"train": ["patient001", "patient002"], "val": ["patient005"], "test": ["patient006"]},
+        root / "split.yaml",
+    )
+    # a training patient without _gt: used unlabelled only, logged, never a labelled volume
+    for f in (root / "acdc" / "patient002").glob("*_gt.nii.gz"):
+        f.unlink()
+    assert main(_args(root, tmp_path / "b", *quick)) == 0
+    err = capsys.readouterr().err
+    assert "training patients have no label: pretraining only (patient002)" in err
+    # a _gt of another shape
+    gt = root / "acdc" / "patient001" / "patient001_frame01_gt.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 2), np.uint8), np.eye(4)), gt)
+    assert main(_args(root, tmp_path / "c", *quick)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    last = err.splitlines()[-1]
+    assert last.startswith("medcl: error: ") and "patient001_frame01_gt.nii.gz" in last
