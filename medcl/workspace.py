@@ -7,6 +7,8 @@ with other settings never overwrites and a finished stage can be found and skipp
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -61,6 +63,13 @@ def settings_name(settings: Mapping[str, object]) -> str:
         text = f"{value:g}" if isinstance(value, float) else str(value)
         parts.append(f"{key}{slug(text, 40)}")
     return "_".join(parts) or "default"
+
+
+def settings_hash(payload: object) -> str:
+    """8 hex digits of the SHA-256 of ``payload`` as canonical JSON: a folder-name suffix that
+    changes whenever a setting that changes a stage's output does."""
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def stage_dir(root: str | Path, stage: str, name: str) -> Path:

@@ -22,7 +22,6 @@ change their output, so a changed setting never reuses a stale run; finished run
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import math
@@ -30,7 +29,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -42,7 +41,7 @@ from medcl.io.datasets.acdc import AcdcFrame, find_acdc, load_patient_split, pat
 from medcl.pretrain.finetune import FinetuneSegConfig, run_finetune_seg
 from medcl.pretrain.volume import VolumePretrainConfig, run_pretrain_volume
 from medcl.pretrain.volume_data import VolumeSource, resolve_path
-from medcl.workspace import slug, stage_dir, workspace_root
+from medcl.workspace import settings_hash, slug, stage_dir, workspace_root
 
 log = logging.getLogger(__name__)
 
@@ -124,12 +123,6 @@ class RunRow:
     seconds: float
     fresh: bool = True
     patients: list[str] = field(default_factory=list)
-
-
-def settings_hash(payload: Any) -> str:
-    """8 hex digits of the SHA-256 of ``payload`` as canonical JSON."""
-    text = json.dumps(payload, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def _frames_of(

@@ -27,7 +27,7 @@ from medcl.config import StrictModel, save_config
 from medcl.eval.tables import update_readme as write_readme_section
 from medcl.pretrain.finetune import FinetuneSegConfig, run_finetune_seg
 from medcl.pretrain.volume import VolumePretrainConfig, run_pretrain_volume
-from medcl.workspace import slug, stage_dir, workspace_root
+from medcl.workspace import settings_hash, slug, stage_dir, workspace_root
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +88,15 @@ def _pretrain(
 ) -> Path | None:
     if method.global_loss == "none" and not method.local:
         return None
-    out = root / "pretrain" / f"{slug(method.name)}_seed{seed}"
+    # folders carry a hash of the settings, so a changed setting never reuses a stale run
+    tag = settings_hash(cfg.pretrain.model_dump(mode="json", exclude={"name", "out_dir"}))
+    out = root / "pretrain" / f"{slug(method.name)}_seed{seed}_{tag}"
     weights = out / "pretrained.pt"
     if weights.is_file():
         return weights
     # GD- + local shares its global stage with GD- of the same seed: reuse it when present
     if method.local:
-        twin = root / "pretrain" / f"{_global_twin(cfg, method)}_seed{seed}" / "global"
+        twin = root / "pretrain" / f"{_global_twin(cfg, method)}_seed{seed}_{tag}" / "global"
         if twin.is_dir() and not (out / "global").exists():
             shutil.copytree(twin, out / "global")
     pre = cfg.pretrain.model_copy(deep=True)
@@ -124,7 +126,10 @@ def _finetune(
     root: Path,
     data_root: Path | None,
 ) -> EvalRow:
-    out = root / "finetune" / slug(task.name) / f"{slug(method.name)}_seed{seed}"
+    tag = settings_hash(
+        [task.finetune.model_dump(mode="json", exclude={"name", "out_dir"}), str(weights)]
+    )
+    out = root / "finetune" / slug(task.name) / f"{slug(method.name)}_seed{seed}_{tag}"
     done = out / "metrics.json"
     if done.is_file():
         saved = json.loads(done.read_text())
