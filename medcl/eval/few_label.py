@@ -500,7 +500,13 @@ def plot_pretrain_curves(pretrain_root: Path, path: Path) -> None:
                 steps.append(int(row["step"]))
                 losses.append(float(row["loss"]))
         ax = axes[0 if c.parent.name == "global" else 1]
-        ax.plot(steps, losses, lw=1, label=c.parent.parent.name.rsplit("_", 1)[0])
+        smooth, ema = [], losses[0] if losses else 0.0
+        for value in losses:  # each logged loss is one batch's: show a moving average too
+            ema = 0.8 * ema + 0.2 * value
+            smooth.append(ema)
+        label = c.parent.parent.name.rsplit("_", 1)[0]
+        (line,) = ax.plot(steps, smooth, lw=1.5, label=f"{label} (moving average)")
+        ax.plot(steps, losses, lw=0.5, alpha=0.3, color=line.get_color())
     for ax, title in zip(axes, ("global stage", "local stage"), strict=True):
         ax.set_title(title)
         ax.set_xlabel("step")
