@@ -14,6 +14,7 @@ ANY = "(any)"
 ACTIONS = (
     "login",
     "login_failed",
+    "lockout",
     "logout",
     "view_case",
     "review",
