@@ -25,6 +25,7 @@ from streamlit.testing.v1.element_tree import Element, Image, Table
 
 from medcl.review import auth, service
 from medcl.review.db import Store
+from medcl.review.safe_text import WORD_JOINER
 
 APP = str(Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py")
 P = (
@@ -40,6 +41,8 @@ _MD = MarkdownIt("commonmark", {"html": True}).enable(["table", "strikethrough"]
 _FORBIDDEN = re.compile(
     r"<a |<img|<script|<b>|<strong>pwn|<em>pwn|<code>pwn|<del>|href=|src=", re.IGNORECASE
 )
+# GitHub's autolink literals, found in the rendered text (Streamlit's renderer links them)
+_AUTOLINK = re.compile(r"(?i)(?<![a-z0-9])(https?://|www\.)|[-.\w+]+@[-\w]+(?:\.[-\w]+)+")
 _MARKDOWN_TYPES = {
     "markdown",
     "caption",
@@ -136,14 +139,18 @@ def _check(at: AppTest, where: str) -> list[str]:
     for source in sources:
         rendered = _MD.render(source)
         assert not _FORBIDDEN.search(rendered), (where, source, rendered)
+        text = html.unescape(re.sub(r"<[^>]+>", "", rendered))
+        assert not _AUTOLINK.search(text), (where, source, text)
         for raw in ("**pwn", "](http", "<script", "<b>", "`pwncode`", ":red["):
             assert raw not in source, (where, source)
     return sources
 
 
 def _shown(source: str) -> str:
-    """What a reader sees of ``source``: rendered, tags dropped, character references decoded."""
-    return html.unescape(re.sub(r"<[^>]+>", "", _MD.render(source))).strip()
+    """What a reader sees of ``source``: rendered, tags dropped, character references decoded,
+    invisible word joiners (which break autolinks) dropped."""
+    text = html.unescape(re.sub(r"<[^>]+>", "", _MD.render(source))).strip()
+    return text.replace(WORD_JOINER, "")
 
 
 def _login(at: AppTest, user: str, password: str) -> AppTest:
