@@ -218,6 +218,8 @@ def _store_batch(
 
     Cases and predictions are inserted with ``ON CONFLICT DO NOTHING`` on their unique keys, so
     an import running at the same time (or an earlier, interrupted one) never makes this fail.
+    Rows go in sorted by their unique key, so two imports that wait for each other's rows on
+    PostgreSQL always take them in the same order (no deadlock).
     """
     errors: list[tuple[int, str]] = []
     first: dict[str, dict[str, Any]] = {}
@@ -236,7 +238,7 @@ def _store_batch(
                     "created": rec["created"],
                     "updated": rec["created"],
                 }
-                for key, rec in first.items()
+                for key, rec in sorted(first.items())
             ],
         )
         cases = {
@@ -277,7 +279,7 @@ def _store_batch(
         if rows:
             inserted = session.execute(
                 _insert(store, Prediction.__table__).returning(Prediction.__table__.c.id),
-                list(rows.values()),
+                [rows[key] for key in sorted(rows)],
             )
             created = len(inserted.all())
     result.created += created

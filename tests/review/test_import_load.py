@@ -173,3 +173,23 @@ def test_busy_database_is_a_one_line_error(
     assert "\n" not in str(err.value) and "database is locked" not in str(err.value)
     assert authenticate(store, "alice", PASSWORD).user.username == "alice"  # free again
     store.close()
+
+
+def test_imports_of_one_batch_in_opposite_orders_both_succeed(
+    store: Store, store_url: str, tmp_path: Path
+) -> None:
+    """Rows go in sorted by key: two imports waiting on each other's rows cannot deadlock."""
+    n = 500  # one batch each
+    lines = [json.dumps(prediction(f"c{i:05d}")) for i in range(n)]
+    forward, backward = tmp_path / "f.jsonl", tmp_path / "b.jsonl"
+    forward.write_text("\n".join(lines) + "\n")
+    backward.write_text("\n".join(reversed(lines)) + "\n")
+    procs = [_spawn("import", store_url, str(p)) for p in (forward, backward)]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    assert sum(r["created"] for r in results) == n
+    assert all(r["created"] + r["skipped"] == n and not r["errors"] for r in results)
+    assert _count(store) == n
