@@ -7,6 +7,7 @@ exception with its traceback itself, before the caller could catch it).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -17,6 +18,13 @@ from medcl.review.safe_text import plain
 
 logger = logging.getLogger("medcl.app")
 VIEWER_FAILED = "Cannot show this case's images: the viewer failed (details in the server log)."
+# an absolute path: '/' then folders; only its last part (the file name) is shown to reviewers
+_ABS_PATH = re.compile(r"(?<![\w.~])/(?:[^\s/,;:()'\"]+/)*([^\s/,;:()'\"]+)")
+
+
+def without_paths(message: str) -> str:
+    """``message`` with every absolute path shortened to its file name (no server layout)."""
+    return _ABS_PATH.sub(r"\1", message)
 
 
 @contextmanager
@@ -29,7 +37,8 @@ def one_line_errors(case_id: int) -> Iterator[None]:
     try:
         yield
     except MedclError as exc:  # a missing or refused artifact, bad artifact metadata
-        st.error(f"Cannot show this case's images: {plain(exc)}")
+        logger.info("case %d: %s", case_id, exc)  # the full message, paths included
+        st.error(f"Cannot show this case's images: {plain(without_paths(str(exc)))}")
     except Exception:  # one line here, the traceback only in the server log
         logger.exception("case %d: the viewer failed", case_id)
         st.error(VIEWER_FAILED)

@@ -161,3 +161,15 @@ def test_unexpected_viewer_failure_is_one_line(
     assert not at.exception
     (message,) = [e.value for e in at.error]
     assert "viewer failed" in message and str(seeded.root) not in message
+
+
+def test_missing_artifact_names_the_file_not_the_server_path(seeded: Seeded) -> None:
+    (seeded.root / "artifacts" / "ct_pred.nii.gz").unlink()
+    at = _app(REVIEWER)
+    at.query_params["case"] = str(seeded.case_ids["volume"])
+    at.switch_page("app_pages/case.py").run()
+    assert not at.exception
+    (message,) = [e.value for e in at.error]
+    assert message == "Cannot show this case's images: " + plain(
+        "ct_pred.nii.gz: artifact file not found"
+    )
