@@ -50,9 +50,15 @@ def database_url() -> str:
 
 
 def check_database(url: str | None = None, timeout_s: float = 3.0) -> Check:
-    """Connect to the review database and run ``SELECT 1``; never raises."""
+    """Connect to the review database and run ``SELECT 1``; never raises.
+
+    The URL is shown redacted (:func:`medcl.review.db.redact_url`: password and secret query
+    parameters hidden), and any secret of it is scrubbed from the error message too.
+    """
+    from medcl.review.db import redact_url, url_secrets
+
     url = url or database_url()
-    shown = url.split("@")[-1] if "@" in url else url  # never show credentials
+    shown = redact_url(url)
     try:
         sqlalchemy = importlib.import_module("sqlalchemy")
         args = {"connect_timeout": int(timeout_s)} if url.startswith("postgresql") else {}
@@ -62,4 +68,7 @@ def check_database(url: str | None = None, timeout_s: float = 3.0) -> Check:
         engine.dispose()
         return Check("database", True, shown)
     except Exception as exc:  # noqa: BLE001 - a status page reports any failure
-        return Check("database", False, f"{shown}: {type(exc).__name__}: {exc}".splitlines()[0])
+        message = f"{shown}: {type(exc).__name__}: {exc}".splitlines()[0]
+        for secret in url_secrets(url):
+            message = message.replace(secret, "***")
+        return Check("database", False, message)

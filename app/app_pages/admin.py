@@ -8,12 +8,14 @@ from session import get_store, require_user
 from medcl.errors import MedclError
 from medcl.review import auth, service
 from medcl.review.importer import import_records
+from medcl.review.safe_text import plain
 
 MAX_UPLOAD_MB = 5
 ANY = "(any)"
 ACTIONS = (
     "login",
     "login_failed",
+    "lockout",
     "logout",
     "view_case",
     "review",
@@ -46,9 +48,9 @@ with users_tab:
             try:
                 auth.create_user(store, new_name.strip(), new_password, role=new_role, actor=admin)
             except MedclError as exc:
-                st.error(str(exc))
+                st.error(plain(exc))
             else:
-                st.success(f"User {new_name.strip()} added.")
+                st.success(f"User {plain(new_name.strip())} added.")
     others = [u.username for u in users if u.username != admin.username]
     if others:
         pick, on, off = st.columns([2, 1, 1])
@@ -58,7 +60,7 @@ with users_tab:
                 try:
                     auth.set_active(store, admin, target, active)
                 except MedclError as exc:
-                    st.error(str(exc))
+                    st.error(plain(exc))
                 else:
                     st.rerun()
 
@@ -134,11 +136,11 @@ with import_tab:
             )
             result = import_records(store, admin, records, source=f"upload:{upload.name}")
         except MedclError as exc:
-            st.error(str(exc))
+            st.error(plain(exc))
         else:
             st.success(
                 f"{len(records)} record(s) read: {result.created} created, "
                 f"{result.skipped} already present, {len(result.errors)} error(s)."
             )
             for problem in result.errors:
-                st.warning(problem)
+                st.warning(plain(problem))

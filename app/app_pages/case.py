@@ -9,9 +9,10 @@ import streamlit as st
 from session import get_store, require_user
 
 from app_pages import retrieval_view, review_form, slide_view, volume_view
-from medcl.errors import MedclError
+from app_pages.one_line import one_line_errors
 from medcl.review import service
 from medcl.review.errors import NotFoundError
+from medcl.review.safe_text import plain
 
 VIEWERS = {
     "volume": volume_view.render,
@@ -30,22 +31,23 @@ if not raw:
 try:
     case_id = int(raw)
 except ValueError:
-    st.error(f"'{raw}' is not a case id.")
+    st.error(f"'{plain(raw)}' is not a case id.")
     st.stop()
 try:
     detail = service.get_case(store, user, case_id)
 except NotFoundError as exc:
-    st.error(str(exc))
+    st.error(plain(exc))
     st.stop()
 
 summary = detail.summary
-st.title(summary.case_key)
+st.title(plain(summary.case_key))
 st.caption(
-    f"{summary.kind} · site {summary.site or '—'} · model {summary.model} "
-    f"{summary.model_version} · status **{summary.status}** · version {detail.version}"
+    f"{plain(summary.kind)} · site {plain(summary.site) or '—'} · model {plain(summary.model)} "
+    f"{plain(summary.model_version)} · status **{plain(summary.status)}** · "
+    f"version {detail.version}"
 )
 metrics = st.columns(3)
-metrics[0].metric("Predicted label", summary.label)
+metrics[0].metric("Predicted label", plain(summary.label))
 metrics[1].metric("Uncertainty", f"{summary.uncertainty:.2f}")
 metrics[2].metric("Reviews", summary.n_reviews)
 if detail.scores:
@@ -62,11 +64,9 @@ viewer, form = st.columns([3, 2])
 with viewer:
     render = VIEWERS.get(summary.kind)
     if render is None:
-        st.warning(f"No viewer for cases of kind '{summary.kind}'.")
+        st.warning(f"No viewer for cases of kind '{plain(summary.kind)}'.")
     else:
-        try:
+        with one_line_errors(case_id):  # a failing viewer must not hide the form
             render(store, user, detail)
-        except MedclError as exc:  # a missing or refused artifact must not hide the form
-            st.error(f"Cannot show this case's images: {exc}")
 with form:
     review_form.render(store, user, detail)

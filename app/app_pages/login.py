@@ -6,12 +6,13 @@ import streamlit as st
 from session import get_store, sign_in
 
 from medcl.review import auth
-from medcl.review.errors import AuthError
+from medcl.review.errors import ReviewError
+from medcl.review.safe_text import plain
 
 st.title("medcl review: log in")
 requested = st.query_params.get("case")
 if requested:
-    st.info(f"Log in to open case {requested}.")
+    st.info(f"Log in to open case {plain(requested)}.")
 with st.form("login_form"):
     username = st.text_input("Username", key="login_username")
     password = st.text_input("Password", type="password", key="login_password")
@@ -19,11 +20,10 @@ with st.form("login_form"):
 if submitted:
     try:
         info = auth.authenticate(get_store(), username.strip(), password)
-    except AuthError as exc:
-        st.error(str(exc))
+    except ReviewError as exc:  # refused, or the database busy: one line, no traceback
+        st.error(plain(exc))
     else:
         sign_in(info.token)
         if requested:
             st.session_state["login_next_case"] = requested
         st.rerun()
-st.page_link("app_pages/status.py", label="Installation status", icon=":material/monitor_heart:")

@@ -11,6 +11,7 @@ from medcl.errors import MedclError
 from medcl.review import service, views
 from medcl.review.auth import UserInfo
 from medcl.review.db import Store
+from medcl.review.safe_text import plain
 from medcl.review.service import CaseDetail
 
 IMAGE_SIZE = 384
@@ -36,7 +37,7 @@ def render(store: Store, user: UserInfo, detail: CaseDetail) -> None:
         "LMM answer": art.get("lmm_answer") or "—",
         "selector": art.get("selector") or "—",
     }
-    right.markdown("\n".join(f"- **{k}**: {v}" for k, v in facts.items()))
+    right.markdown("\n".join(f"- **{k}**: {plain(v)}" for k, v in facts.items()))
     right.caption(f"{len(demos)} retrieved demonstrations")
     right.dataframe(views.demonstration_rows(demos, art.get("true_label")), hide_index=True)
     if not demos:
@@ -52,7 +53,8 @@ def render(store: Store, user: UserInfo, detail: CaseDetail) -> None:
                 col.image(
                     _image(str(path), 192),
                     width="stretch",
-                    caption=f"{demo.get('label')} · {float(demo.get('similarity') or 0):.2f}",
+                    caption=f"{plain(demo.get('label'))} · "
+                    f"{float(demo.get('similarity') or 0):.2f}",
                 )
             except MedclError as exc:
-                col.warning(str(exc))
+                col.warning(plain(exc))

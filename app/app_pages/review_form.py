@@ -15,6 +15,7 @@ from medcl.review import service
 from medcl.review.auth import UserInfo
 from medcl.review.db import Store
 from medcl.review.errors import ConflictError, ReviewError
+from medcl.review.safe_text import plain
 from medcl.review.service import CaseDetail, ReviewInfo
 
 DECISIONS = ("accept", "reject", "correct")
@@ -34,14 +35,15 @@ def known_labels(detail: CaseDetail) -> list[str]:
 
 
 def review_rows(reviews: list[ReviewInfo]) -> list[dict[str, Any]]:
+    """Rows of the review tables (``st.table`` renders Markdown: text cells are escaped)."""
     return [
         {
             "time": str(r.created)[:19],
-            "reviewer": r.reviewer,
-            "decision": r.decision,
-            "corrected label": r.corrected_label or "",
+            "reviewer": plain(r.reviewer),
+            "decision": plain(r.decision),
+            "corrected label": plain(r.corrected_label),
             "confidence": r.confidence,
-            "comment": r.comment,
+            "comment": plain(r.comment),
             "version": r.case_version,
         }
         for r in reviews
@@ -70,7 +72,7 @@ def _submit(store: Store, user: UserInfo, case_id: int, shown_version: int) -> N
         other = exc.current.reviews[:1]
         state[f"review_conflict_{case_id}"] = (str(exc), review_rows(other))
     except ReviewError as exc:
-        state[f"review_message_{case_id}"] = ("error", str(exc))
+        state[f"review_message_{case_id}"] = ("error", plain(exc))
     else:
         state[f"review_message_{case_id}"] = (
             "success",
@@ -87,13 +89,13 @@ def render(store: Store, user: UserInfo, detail: CaseDetail) -> None:
     conflict = st.session_state.get(f"review_conflict_{case_id}")
     if conflict is not None:
         message, other = conflict
-        st.error(message)
+        st.error(plain(message))
         st.caption("The review saved meanwhile:")
         st.table(other, hide_index=True)
         st.caption("Your entries are kept below; submit again to add your review on top.")
     message = st.session_state.pop(f"review_message_{case_id}", None)
     if message is not None:
-        (st.success if message[0] == "success" else st.error)(message[1])
+        (st.success if message[0] == "success" else st.error)(message[1])  # already Markdown
     with st.form(f"review_form_{case_id}"):
         st.radio("Decision", DECISIONS, key=f"review_decision_{case_id}", horizontal=True)
         st.selectbox(

@@ -7,10 +7,12 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from app_pages.one_line import one_line_errors
 from medcl.errors import MedclError
 from medcl.review import service, slide_views, views
 from medcl.review.auth import UserInfo
 from medcl.review.db import Store
+from medcl.review.safe_text import plain
 from medcl.review.service import CaseDetail
 
 THUMB_SIZE = 1024
@@ -55,16 +57,23 @@ def render(store: Store, user: UserInfo, detail: CaseDetail) -> None:
         for start in range(0, len(tiles), per_row):
             cols = st.columns(per_row)
             for col, path in zip(cols, tiles[start : start + per_row], strict=False):
-                col.image(_image(path, 256), caption=Path(path).name, width="stretch")
+                col.image(_image(path, 256), caption=plain(Path(path).name), width="stretch")
 
 
 @st.fragment
 def _viewer(
     case_id: int, slide: str, thumb: str | None, heatmap: str | None, mpp: float | None
 ) -> None:
+    with one_line_errors(case_id):
+        _draw(case_id, slide, thumb, heatmap, mpp)
+
+
+def _draw(
+    case_id: int, slide: str, thumb: str | None, heatmap: str | None, mpp: float | None
+) -> None:
     key = f"slide_{case_id}"
     pixels, dims = _thumbnail(slide, thumb, mpp)
-    st.caption(f"Slide {Path(slide).name}: {dims[0]} x {dims[1]} px at level 0")
+    st.caption(f"Slide {plain(Path(slide).name)}: {dims[0]} x {dims[1]} px at level 0")
     zoom = st.columns(3)
     size = int(
         zoom[2].number_input(
@@ -95,7 +104,7 @@ def _viewer(
     try:
         region_px, region = slide_views.read_zoom(Path(slide), x, y, size, mpp=mpp)
     except MedclError as exc:
-        right.error(str(exc))
+        right.error(plain(exc))
         return
     right.image(
         region_px,

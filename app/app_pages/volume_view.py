@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import html
-
 import streamlit as st
 
+from app_pages.one_line import one_line_errors
 from medcl.review import service, views
 from medcl.review.auth import UserInfo
 from medcl.review.db import Store
+from medcl.review.safe_text import plain
 from medcl.review.service import CaseDetail
 
 
@@ -39,6 +39,11 @@ def render(store: Store, user: UserInfo, detail: CaseDetail) -> None:
 
 @st.fragment
 def _viewer(case_id: int, image: str, mask: str, truth: str | None, labels: dict[str, str]) -> None:
+    with one_line_errors(case_id):
+        _draw(case_id, image, mask, truth, labels)
+
+
+def _draw(case_id: int, image: str, mask: str, truth: str | None, labels: dict[str, str]) -> None:
     case = _load(image, mask, truth)
     names = views.class_names(case.mask, labels)
     key = f"volume_{case_id}"
@@ -51,7 +56,7 @@ def _viewer(case_id: int, image: str, mask: str, truth: str | None, labels: dict
     visible = {
         c
         for i, (c, name) in enumerate(names.items())
-        if toggles[i % len(toggles)].checkbox(name, True, key=f"{key}_class_{c}")
+        if toggles[i % len(toggles)].checkbox(plain(name), True, key=f"{key}_class_{c}")
     }
     window = _window(image, mask, truth)
     aspect = views.plane_aspect(case.spacing, plane)
@@ -72,7 +77,7 @@ def _viewer(case_id: int, image: str, mask: str, truth: str | None, labels: dict
         )
         col.image(views.enlarge(rgb), caption=f"{title}, {plane} slice {index}", width="stretch")
     legend = " · ".join(
-        f"<span style='color:rgb{views.class_colour(c)}'>■</span> {html.escape(n)}"
+        f"<span style='color:rgb{views.class_colour(c)}'>■</span> {plain(n)}"
         for c, n in names.items()
     )
     st.markdown(legend, unsafe_allow_html=True)

@@ -8,6 +8,7 @@ import streamlit as st
 from session import get_store, require_user
 
 from medcl.review import service
+from medcl.review.safe_text import plain
 
 ALL = "(all)"
 SORTS = {
@@ -72,14 +73,16 @@ for col, text in zip(
     col.markdown(f"**{text}**")
 for item in result.items:
     row = st.columns([3, 1, 1.2, 1.6, 1.2, 1, 1.1, 0.8])
-    row[0].page_link("app_pages/case.py", label=item.case_key, query_params={"case": str(item.id)})
-    row[1].write(item.kind)
-    row[2].write(item.site or "—")
-    row[3].write(f"{item.model} {item.model_version}")
-    row[4].write(item.label)
-    row[5].write(f"{item.uncertainty:.2f}")
-    row[6].write(item.status)
-    row[7].write(str(item.n_reviews))
+    row[0].page_link(
+        "app_pages/case.py", label=plain(item.case_key), query_params={"case": str(item.id)}
+    )
+    row[1].markdown(plain(item.kind))
+    row[2].markdown(plain(item.site) or "—")
+    row[3].markdown(plain(f"{item.model} {item.model_version}"))
+    row[4].markdown(plain(item.label))
+    row[5].markdown(f"{item.uncertainty:.2f}")
+    row[6].markdown(plain(item.status))
+    row[7].markdown(str(item.n_reviews))
 
 nav = st.columns([1, 1, 1, 5])
 if nav[0].button("◀ Previous", key="worklist_prev", disabled=page_no <= 1):

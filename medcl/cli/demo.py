@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -102,9 +104,46 @@ def serve_app(workspace: Path, data_root: Path | None, db_url: str | None, port:
         str(port),
         "--server.address",
         HOST,
+        # also in app/.streamlit/config.toml; repeated so no other config can turn them on
+        "--browser.gatherUsageStats",
+        "false",
+        "--client.toolbarMode",
+        "minimal",
     ]
     print(f"serving the review app on http://{HOST}:{port} (Ctrl-C stops it)", flush=True)
+    return run_child(cmd, env)
+
+
+def run_child(cmd: list[str], env: dict[str, str], *, grace_s: float = 10.0) -> int:
+    """Run ``cmd`` until it exits or this process gets SIGTERM or SIGINT; then stop it too.
+
+    The child gets SIGTERM and ``grace_s`` seconds to exit, then SIGKILL, and is always waited
+    for, so no server is left behind. Returns the child's exit code, or 0 when stopped by a
+    signal (the user asked for it).
+    """
+    proc = subprocess.Popen(cmd, env=env)
+    stopped: list[int] = []
+
+    def _stop(signum: int, _frame: object) -> None:
+        stopped.append(signum)
+        if proc.poll() is None:
+            proc.terminate()
+
+    handled = (signal.SIGTERM, signal.SIGINT)
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {s: signal.signal(s, _stop) for s in handled}
     try:
-        return subprocess.run(cmd, env=env, check=False).returncode
-    except KeyboardInterrupt:
-        return 0
+        while True:
+            try:
+                code = proc.wait(timeout=grace_s if stopped else None)
+                break
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 0 if stopped else code

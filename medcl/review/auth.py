@@ -2,8 +2,9 @@
 
 Passwords are hashed with argon2id (argon2-cffi) and never stored, logged or put in an error.
 A login gives a random token; only its SHA-256 is stored, so a copy of the database cannot be used
-to log in. Five consecutive failed logins lock the account for 15 minutes. An unknown user and a
-wrong password get the same message (and take the same time: a dummy hash is checked).
+to log in. Five consecutive failed logins lock the account for 15 minutes (counted atomically, so
+parallel guesses cannot check more than five passwords). An unknown user, a wrong password and a
+locked account get the same message and take the same time (a dummy hash is checked).
 Every function that takes ``now`` uses it as the current time (tests inject a clock).
 """
 
@@ -17,7 +18,7 @@ from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from medcl.review.db import ROLES, AuthSession, Store, User, add_audit, as_utc
@@ -137,47 +138,66 @@ def authenticate(
 ) -> SessionInfo:
     """Check the password and open a session of ``session_hours``.
 
+    Lock-out holds under parallel attempts: before a password is checked, one attempt is reserved
+    with a single ``UPDATE ... SET failed_logins = failed_logins + 1 WHERE failed_logins < 5 AND
+    not locked ... RETURNING`` (atomic on SQLite and PostgreSQL alike), so however many processes
+    guess at once, at most :data:`MAX_FAILED_LOGINS` passwords are checked before the account
+    locks. A correct password gives the reservation back (count reset); the fifth wrong one locks
+    the account for :data:`LOCK_MINUTES` (a 'lockout' audit entry). Unknown users, wrong passwords
+    and locked accounts get the same message after the same work (an argon2 check of a dummy hash
+    stands in where there is no password to check).
+
     Raises:
-        AuthError: "invalid username or password" (unknown user or wrong password alike),
-            "account locked until <time> UTC" after 5 consecutive failures, or
-            "account is deactivated".
+        AuthError: "invalid username or password" (unknown user, wrong password or locked
+            account alike), or "account is deactivated" (only after the right password).
     """
     t = as_utc(now)
-    error: AuthError | None = None
+    name = username[:64]
     with store.session(write=True) as session:
-        row = session.scalar(select(User).where(User.username == username))
-        if row is None:
-            _verify(_DUMMY_HASH, password)
-            add_audit(session, "login_failed", user_id=None, username=username[:64], now=t)
-            error = AuthError(INVALID_LOGIN)
-        elif row.locked_until is not None and row.locked_until > t:
+        found = session.execute(
+            select(User.id, User.password_hash).where(User.username == username)
+        ).first()
+        reserved: int | None = None
+        if found is not None:
+            reserved = session.scalar(
+                update(User)
+                .where(
+                    User.id == found.id,
+                    User.failed_logins < MAX_FAILED_LOGINS,
+                    or_(User.locked_until.is_(None), User.locked_until <= t),
+                )
+                .values(failed_logins=User.failed_logins + 1)
+                .returning(User.failed_logins)
+                .execution_options(synchronize_session=False)
+            )
+    if found is None or reserved is None:
+        _verify(_DUMMY_HASH, password)  # the same work as a real check: no timing difference
+        reason = "unknown user" if found is None else "locked"
+        with store.session(write=True) as session:
             add_audit(
                 session,
                 "login_failed",
-                user_id=row.id,
-                username=row.username,
+                user_id=None if found is None else found.id,
+                username=name,
                 now=t,
-                detail={"reason": "locked"},
+                detail={"reason": reason},
             )
-            error = AuthError(f"account locked until {row.locked_until:%Y-%m-%d %H:%M} UTC")
-        elif not _verify(row.password_hash, password):
-            row.failed_logins += 1
-            detail: dict[str, object] = {"failures": row.failed_logins}
-            if row.failed_logins >= MAX_FAILED_LOGINS:
-                row.locked_until = t + timedelta(minutes=LOCK_MINUTES)
-                row.failed_logins = 0
-                detail["locked_until"] = row.locked_until.isoformat()
-                logger.warning("account '%s' locked after %d failures", username, MAX_FAILED_LOGINS)
-            add_audit(
-                session,
-                "login_failed",
-                user_id=row.id,
-                username=row.username,
-                now=t,
-                detail=detail,
-            )
-            error = AuthError(INVALID_LOGIN)
-        elif not row.active:
+        logger.info("login refused for '%s': %s", name, reason)
+        raise AuthError(INVALID_LOGIN)
+    if not _verify(found.password_hash, password):
+        _record_failure(store, found.id, name, reserved, t)
+        logger.info("login refused for '%s': wrong password", name)
+        raise AuthError(INVALID_LOGIN)
+    with store.session(write=True) as session:
+        session.execute(
+            update(User)
+            .where(User.id == found.id)
+            .values(failed_logins=0, locked_until=None)
+            .execution_options(synchronize_session=False)
+        )
+        row = session.get(User, found.id)
+        assert row is not None  # users are never deleted
+        if not row.active:
             add_audit(
                 session,
                 "login_failed",
@@ -186,10 +206,9 @@ def authenticate(
                 now=t,
                 detail={"reason": "inactive"},
             )
-            error = AuthError("account is deactivated")
+            inactive = True
         else:
-            row.failed_logins = 0
-            row.locked_until = None
+            inactive = False
             token = secrets.token_urlsafe(32)
             expires = t + timedelta(hours=session_hours)
             session.add(
@@ -203,11 +222,51 @@ def authenticate(
             )
             add_audit(session, "login", user_id=row.id, username=row.username, now=t)
             result = SessionInfo(token=token, user=_info(row), expires=expires)
-    # the failed attempt is committed before raising (the lockout counter must persist)
-    if error is not None:
-        logger.info("login refused for '%s': %s", username, error)
-        raise error
+    if inactive:
+        logger.info("login refused for '%s': account is deactivated", name)
+        raise AuthError("account is deactivated")
     return result
+
+
+def _record_failure(store: Store, user_id: int, username: str, failures: int, t: datetime) -> None:
+    """Audit a wrong password; the attempt that used the last allowed one locks the account.
+
+    The lock is set only while the count still stands at the limit (a correct login in between
+    resets it), in one conditional ``UPDATE``.
+    """
+    with store.session(write=True) as session:
+        add_audit(
+            session,
+            "login_failed",
+            user_id=user_id,
+            username=username,
+            now=t,
+            detail={"reason": "wrong password", "failures": failures},
+        )
+        if failures < MAX_FAILED_LOGINS:
+            return
+        until = t + timedelta(minutes=LOCK_MINUTES)
+        locked = session.execute(
+            update(User)
+            .where(User.id == user_id, User.failed_logins >= MAX_FAILED_LOGINS)
+            .values(locked_until=until, failed_logins=0)
+            .execution_options(synchronize_session=False)
+        )
+        if locked.rowcount == 1:  # type: ignore[attr-defined]
+            add_audit(
+                session,
+                "lockout",
+                user_id=user_id,
+                username=username,
+                now=t,
+                detail={"failures": MAX_FAILED_LOGINS, "locked_until": until.isoformat()},
+            )
+            logger.warning(
+                "account '%s' locked until %s UTC after %d failed logins",
+                username,
+                f"{until:%Y-%m-%d %H:%M}",
+                MAX_FAILED_LOGINS,
+            )
 
 
 def _verify(password_hash: str, password: str) -> bool:

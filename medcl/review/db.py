@@ -34,15 +34,21 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from medcl.errors import InvalidInputError, MedclError
+from medcl.review.errors import StoreBusyError
 from medcl.workspace import data_root, workspace_root
 
 logger = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+BUSY_MESSAGE = (
+    "the review database is busy (another program has been writing to it for more than "
+    f"{SQLITE_BUSY_TIMEOUT_MS // 1000} s); please try again in a moment"
+)
 CASE_STATUSES = ("pending", "accepted", "rejected", "corrected")
 DECISIONS = ("accept", "reject", "correct")
 ROLES = ("reviewer", "admin")
@@ -164,6 +170,38 @@ def add_audit(
     )
 
 
+_SECRET_PARAMS = ("pass", "pwd", "secret", "token", "key")
+
+
+def redact_url(url: str) -> str:
+    """``url`` safe to show: the password hidden by SQLAlchemy's own redaction
+    (``render_as_string(hide_password=True)``) and every query parameter whose name suggests a
+    secret (``password=``, ``sslpassword=``, ``token=``, ...) replaced by ``***``."""
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - never echo what could not be parsed
+        return "<database URL that cannot be parsed>"
+    query = {
+        k: ("***" if any(s in k.lower() for s in _SECRET_PARAMS) else v)
+        for k, v in parsed.query.items()
+    }
+    shown = parsed.set(query=query).render_as_string(hide_password=True)
+    return shown.replace("=%2A%2A%2A", "=***")  # the query's mask as readable as the password's
+
+
+def url_secrets(url: str) -> list[str]:
+    """The password and secret query values of ``url`` (to scrub them from error messages)."""
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001
+        return [url]
+    found = [parsed.password] if parsed.password else []
+    for k, v in parsed.query.items():
+        if any(s in k.lower() for s in _SECRET_PARAMS):
+            found += [v] if isinstance(v, str) else list(v)
+    return [str(s) for s in found if s]
+
+
 def default_url(workspace: Path | None = None) -> str:
     """``$MEDCL_REVIEW_DB`` if set, else SQLite at ``<workspace>/review/review.db``."""
     env = os.environ.get("MEDCL_REVIEW_DB")
@@ -243,7 +281,7 @@ class Store:
         if is_sqlite:
             _sqlite_setup(engine)
         roots = [Path(r).resolve() for r in allowed_roots or _default_roots(workspace)]
-        store = cls(engine=engine, url=parsed.render_as_string(hide_password=True), roots=roots)
+        store = cls(engine=engine, url=redact_url(url), roots=roots)
         store.upgrade()
         return store
 
@@ -272,13 +310,20 @@ class Store:
 
         ``write=True`` takes SQLite's write lock at the start (``BEGIN IMMEDIATE``), so the
         transaction never has to upgrade a read lock later (which SQLite refuses under load).
+        SQLite still locked after the busy timeout raises :class:`StoreBusyError` (one line for
+        the user, no traceback).
         """
         with Session(self.engine, expire_on_commit=False) as session:
-            if write and self.is_sqlite:
-                session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
             try:
+                if write and self.is_sqlite:
+                    session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
                 yield session
                 session.commit()
+            except OperationalError as exc:
+                session.rollback()
+                if "database is locked" in str(exc.orig):
+                    raise StoreBusyError(BUSY_MESSAGE) from None
+                raise
             except BaseException:
                 session.rollback()
                 raise

@@ -14,6 +14,10 @@ class ReviewError(MedclError):
     """A review-store request cannot be done (bad value, duplicate user, invalid upload)."""
 
 
+class StoreBusyError(ReviewError):
+    """The database stayed locked by another writer for longer than the busy timeout."""
+
+
 class AuthError(ReviewError):
     """Login refused: wrong credentials (one message for all), locked or deactivated account."""
 

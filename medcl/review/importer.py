@@ -25,6 +25,11 @@ Artifacts (paths relative to the predictions file's folder, or absolute):
 is created at its first prediction (status 'pending', version 0); a later model version adds a
 prediction to the same case. Malformed lines are reported as ``file:line: problem`` and skipped;
 the good lines are imported. Relative artifact paths are made absolute at import.
+
+Files are streamed and stored in transactions of :data:`BATCH_SIZE` records with insert-or-skip
+(``ON CONFLICT DO NOTHING``) on the unique keys: memory holds one batch, the app's logins and
+reviews get the database between batches (SQLite has one writer), an import killed midway is
+finished by running it again, and two imports of the same file at once both succeed.
 """
 
 from __future__ import annotations
@@ -33,9 +38,11 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +56,9 @@ from medcl.review.errors import ReviewError
 logger = logging.getLogger(__name__)
 
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
+BATCH_SIZE = 500  # records per transaction
+MIN_BATCH_PAUSE_S = 0.01  # SQLite: write lock left free between batches (see _pause_for_others)
+MAX_BATCH_PAUSE_S = 0.2
 _REQUIRED = ("case_key", "kind", "model", "model_version", "label")
 _PATH_KEYS = {
     "volume": ("image", "mask", "ground_truth"),
@@ -85,6 +95,13 @@ def _artifacts(kind: str, raw: Any, base: Path) -> dict[str, Any]:
     for key in _PATH_KEYS[kind]:
         if key in out:
             out[key] = _absolute(out[key], base, f"artifacts.{key}")
+    if kind == "volume" and out.get("labels") is not None:
+        labels = out["labels"]
+        if not isinstance(labels, dict) or not all(
+            isinstance(k, str) and k.strip().lstrip("-").isdigit() and isinstance(v, str)
+            for k, v in labels.items()
+        ):
+            raise ValueError('artifacts.labels must map class numbers to names ({"1": "liver"})')
     if kind == "slide" and "top_tiles" in out:
         tiles = out["top_tiles"] or []
         if not isinstance(tiles, list):
@@ -152,78 +169,165 @@ def parse_record(obj: Any, base: Path) -> dict[str, Any]:
     }
 
 
-def _parse_lines(text: str, source: str, base: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    records: list[dict[str, Any]] = []
-    errors: list[str] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+def _parse_lines(
+    lines: Iterable[tuple[int, str]], source: str, base: Path, errors: list[tuple[int, str]]
+) -> Iterator[dict[str, Any]]:
+    """Parsed records of ``(line number, text)`` pairs, one at a time; problems go to ``errors``."""
+    for lineno, line in lines:
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            errors.append(f"{source}:{lineno}: not valid JSON ({exc.msg})")
+            errors.append((lineno, f"{source}:{lineno}: not valid JSON ({exc.msg})"))
             continue
         try:
             rec = parse_record(obj, base)
         except ValueError as exc:
-            errors.append(f"{source}:{lineno}: {exc}")
+            errors.append((lineno, f"{source}:{lineno}: {exc}"))
             continue
         rec["line"] = lineno
-        records.append(rec)
-    return records, errors
+        yield rec
+
+
+def _file_lines(src: Path, errors: list[tuple[int, str]]) -> Iterator[tuple[int, str]]:
+    """The file's lines, streamed (never the whole file in memory); undecodable lines reported."""
+    with src.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError:
+                errors.append((lineno, f"{src}:{lineno}: not UTF-8 text"))
+
+
+def _insert(store: Store, table: Any) -> Any:
+    """``INSERT ... ON CONFLICT DO NOTHING`` for the store's database (insert-or-skip)."""
+    if store.is_sqlite:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+    return pg_insert(table).on_conflict_do_nothing()
+
+
+def _store_batch(
+    store: Store, batch: list[dict[str, Any]], source: str, result: ImportResult
+) -> list[tuple[int, str]]:
+    """Write one batch in one short transaction; returns its ``(line, problem)`` errors.
+
+    Cases and predictions are inserted with ``ON CONFLICT DO NOTHING`` on their unique keys, so
+    an import running at the same time (or an earlier, interrupted one) never makes this fail.
+    Rows go in sorted by their unique key, so two imports that wait for each other's rows on
+    PostgreSQL always take them in the same order (no deadlock).
+    """
+    errors: list[tuple[int, str]] = []
+    first: dict[str, dict[str, Any]] = {}
+    for rec in batch:
+        first.setdefault(rec["case_key"], rec)
+    with store.session(write=True) as session:
+        session.execute(
+            _insert(store, Case.__table__),
+            [
+                {
+                    "case_key": key,
+                    "kind": rec["kind"],
+                    "site": rec["site"],
+                    "status": "pending",
+                    "version": 0,
+                    "created": rec["created"],
+                    "updated": rec["created"],
+                }
+                for key, rec in sorted(first.items())
+            ],
+        )
+        cases = {
+            key: (cid, kind)
+            for cid, key, kind in session.execute(
+                select(Case.id, Case.case_key, Case.kind).where(Case.case_key.in_(list(first)))
+            )
+        }
+        rows: dict[tuple[int, str, str], dict[str, Any]] = {}
+        duplicates = 0
+        for rec in batch:
+            case_id, kind = cases[rec["case_key"]]
+            if kind != rec["kind"]:
+                line = int(rec.get("line", 0))
+                errors.append(
+                    (
+                        line,
+                        f"{source}:{rec.get('line', '?')}: case {rec['case_key']} is a {kind} "
+                        f"case, not {rec['kind']}",
+                    )
+                )
+                continue
+            key = (case_id, rec["model"], rec["model_version"])
+            if key in rows:
+                duplicates += 1
+                continue
+            rows[key] = {
+                "case_id": case_id,
+                "model": rec["model"],
+                "model_version": rec["model_version"],
+                "label": rec["label"],
+                "scores": rec["scores"],
+                "uncertainty": rec["uncertainty"],
+                "artifacts": rec["artifacts"],
+                "created": rec["created"],
+            }
+        created = 0
+        if rows:
+            inserted = session.execute(
+                _insert(store, Prediction.__table__).returning(Prediction.__table__.c.id),
+                [rows[key] for key in sorted(rows)],
+            )
+            created = len(inserted.all())
+    result.created += created
+    result.skipped += len(rows) - created + duplicates
+    return errors
+
+
+def _pause_for_others(store: Store, seconds: float) -> None:
+    """On SQLite, leave the write lock free between batches for about as long as a batch held
+    it, so a login or a review waiting for it gets in (SQLite has one writer at a time)."""
+    if store.is_sqlite:
+        time.sleep(min(MAX_BATCH_PAUSE_S, max(MIN_BATCH_PAUSE_S, seconds)))
 
 
 def import_records(
-    store: Store, user: UserInfo | None, records: Iterable[dict[str, Any]], *, source: str
+    store: Store,
+    user: UserInfo | None,
+    records: Iterable[dict[str, Any]],
+    *,
+    source: str,
+    batch_size: int = BATCH_SIZE,
+    line_errors: list[tuple[int, str]] | None = None,
 ) -> ImportResult:
-    """Store parsed records (see :func:`parse_record`) in one transaction; returns the counts."""
+    """Store parsed records (see :func:`parse_record`) in transactions of ``batch_size`` records.
+
+    ``records`` is consumed lazily, so memory holds one batch. Each batch commits on its own:
+    an import killed midway keeps the batches it finished, and running it again adds the rest
+    (finished ones are skipped). One 'import' audit entry with the totals is written at the end.
+    ``line_errors`` collects the problems of the lines the records come from (reported first
+    in line order, with the store's own problems).
+    """
+    if batch_size < 1:
+        raise ReviewError(f"batch size must be at least 1 (got {batch_size})")
     actor = user or system_user()
     result = ImportResult()
+    errors: list[tuple[int, str]] = []
+    batch: list[dict[str, Any]] = []
+    iterator = iter(records)
+    while True:
+        batch = list(islice(iterator, batch_size))
+        if not batch:
+            break
+        start = time.perf_counter()
+        errors += _store_batch(store, batch, source, result)
+        _pause_for_others(store, time.perf_counter() - start)
+    errors += line_errors or []
+    result.errors = [message for _, message in sorted(errors, key=lambda e: e[0])]
     with store.session(write=True) as session:
-        for rec in records:
-            case = session.scalar(select(Case).where(Case.case_key == rec["case_key"]))
-            if case is None:
-                case = Case(
-                    case_key=rec["case_key"],
-                    kind=rec["kind"],
-                    site=rec["site"],
-                    status="pending",
-                    version=0,
-                    created=rec["created"],
-                    updated=rec["created"],
-                )
-                session.add(case)
-                session.flush()
-            elif case.kind != rec["kind"]:
-                result.errors.append(
-                    f"{source}:{rec.get('line', '?')}: case {rec['case_key']} is a {case.kind} "
-                    f"case, not {rec['kind']}"
-                )
-                continue
-            exists = session.scalar(
-                select(Prediction.id).where(
-                    Prediction.case_id == case.id,
-                    Prediction.model == rec["model"],
-                    Prediction.model_version == rec["model_version"],
-                )
-            )
-            if exists is not None:
-                result.skipped += 1
-                continue
-            session.add(
-                Prediction(
-                    case_id=case.id,
-                    model=rec["model"],
-                    model_version=rec["model_version"],
-                    label=rec["label"],
-                    scores=rec["scores"],
-                    uncertainty=rec["uncertainty"],
-                    artifacts=rec["artifacts"],
-                    created=rec["created"],
-                )
-            )
-            session.flush()
-            result.created += 1
         add_audit(
             session,
             "import",
@@ -239,18 +343,23 @@ def import_records(
     return result
 
 
-def import_predictions(store: Store, user: UserInfo | None, path: str | Path) -> ImportResult:
-    """Import one ``predictions.jsonl`` (``user=None``: the local operator, e.g. the CLI)."""
+def import_predictions(
+    store: Store, user: UserInfo | None, path: str | Path, *, batch_size: int = BATCH_SIZE
+) -> ImportResult:
+    """Import one ``predictions.jsonl`` (``user=None``: the local operator, e.g. the CLI).
+
+    The file is streamed and stored in batches (see :func:`import_records`).
+    """
     src = Path(path)
     if not src.is_file():
         raise InvalidInputError(src, "predictions file not found")
-    try:
-        text = src.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise InvalidInputError(src, "predictions file is not UTF-8 text") from None
-    records, errors = _parse_lines(text, str(src), src.parent.absolute())
-    result = import_records(store, user, records, source=str(src))
-    result.errors[:0] = errors
+    line_errors: list[tuple[int, str]] = []
+    records = _parse_lines(
+        _file_lines(src, line_errors), str(src), src.parent.absolute(), line_errors
+    )
+    result = import_records(
+        store, user, records, source=str(src), batch_size=batch_size, line_errors=line_errors
+    )
     for err in result.errors:  # returned to the caller, who shows them (CLI, admin page)
         logger.info("%s", err)
     logger.info(
@@ -284,8 +393,10 @@ def validate_upload(
         from medcl.workspace import workspace_root
 
         base = workspace_root()
-    records, errors = _parse_lines(text, name, base)
-    if errors:
+    found: list[tuple[int, str]] = []
+    records = list(_parse_lines(enumerate(text.splitlines(), start=1), name, base, found))
+    if found:
+        errors = [message for _, message in found]
         more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
         raise ReviewError("; ".join(errors[:5]) + more)
     if not records:

@@ -20,6 +20,16 @@ from medcl.review.errors import NotFoundError, ReviewError
 
 SORTS = ("uncertainty", "updated", "case_key")
 MAX_PAGE_SIZE = 500
+LIKE_ESCAPE = "\\"
+
+
+def escape_like(text: str) -> str:
+    """``text`` for a ``LIKE ... ESCAPE '\\'`` pattern: ``%``, ``_`` and ``\\`` match literally."""
+    return (
+        text.replace(LIKE_ESCAPE, LIKE_ESCAPE * 2)
+        .replace("%", LIKE_ESCAPE + "%")
+        .replace("_", LIKE_ESCAPE + "_")
+    )
 
 
 @dataclass(frozen=True)
@@ -143,7 +153,8 @@ def list_cases(
 ) -> Page:
     """The worklist: cases matching every given filter, sorted, one page of them.
 
-    ``search`` matches a substring of the case key or the predicted label (case-insensitive).
+    ``search`` matches a substring of the case key or the predicted label (case-insensitive;
+    ``%`` and ``_`` are literal characters, not wildcards).
     Ties in the sort are broken by case id, so pages never overlap.
     """
     if sort not in SORTS:
@@ -158,9 +169,12 @@ def list_cases(
     if model is not None:
         conditions.append(Prediction.model == model)
     if search:
-        pattern = f"%{search.lower()}%"
+        pattern = f"%{escape_like(search.lower())}%"
         conditions.append(
-            or_(func.lower(Case.case_key).like(pattern), func.lower(Prediction.label).like(pattern))
+            or_(
+                func.lower(Case.case_key).like(pattern, escape=LIKE_ESCAPE),
+                func.lower(Prediction.label).like(pattern, escape=LIKE_ESCAPE),
+            )
         )
     query = query.where(*conditions)
     key: Any = {

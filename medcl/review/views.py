@@ -23,6 +23,7 @@ from PIL import Image
 
 from medcl.errors import InvalidInputError
 from medcl.metrics import dice_per_class
+from medcl.review.errors import ReviewError
 
 Plane = Literal["axial", "coronal", "sagittal"]
 PLANES: tuple[Plane, ...] = ("axial", "coronal", "sagittal")
@@ -167,8 +168,21 @@ def enlarge(rgb: np.ndarray, min_edge: int = 256) -> np.ndarray:
 
 
 def class_names(mask: np.ndarray, labels: Mapping[str, str] | None) -> dict[int, str]:
-    """Foreground classes present in ``mask`` or named in ``labels``, with their names."""
-    names = {int(k): str(v) for k, v in (labels or {}).items() if int(k) > 0}
+    """Foreground classes present in ``mask`` or named in ``labels``, with their names.
+
+    Raises:
+        ReviewError: a key of ``labels`` is not a class number.
+    """
+    names: dict[int, str] = {}
+    for k, v in (labels or {}).items():
+        try:
+            c = int(k)
+        except (TypeError, ValueError):
+            raise ReviewError(
+                f"artifacts.labels: key {str(k)[:40]!r} is not a class number"
+            ) from None
+        if c > 0:
+            names[c] = str(v)
     for c in np.unique(mask):
         if int(c) > 0:
             names.setdefault(int(c), f"class {int(c)}")

@@ -11,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 from medcl.review import auth, service
 from medcl.review.auth import UserInfo
 from medcl.review.db import Store
+from medcl.review.safe_text import plain
 
 APP_DIR = Path(__file__).resolve().parents[2] / "app"
 APP = str(APP_DIR / "streamlit_app.py")
@@ -71,15 +72,16 @@ def test_login_wrong_password_then_right(seeded: Seeded) -> None:
 def test_worklist_lists_filters_and_sorts(seeded: Seeded) -> None:
     at = _app()
     # default sort: most uncertain first (slide 0.45, retrieval 0.30, volume 0.10)
-    assert _links(at) == [CASE_KEYS["slide"], CASE_KEYS["retrieval"], CASE_KEYS["volume"]]
+    # labels are shown as text: Markdown characters escaped (issue 14)
+    assert _links(at) == [plain(CASE_KEYS[k]) for k in ("slide", "retrieval", "volume")]
     assert "3 case(s); page 1 of 1" in _texts(at)
     at.selectbox(key="worklist_kind").set_value("volume").run()
-    assert _links(at) == [CASE_KEYS["volume"]]
+    assert _links(at) == [plain(CASE_KEYS["volume"])]
     at.selectbox(key="worklist_kind").set_value("(all)")
     at.selectbox(key="worklist_site").set_value("hospital-a").run()
-    assert _links(at) == [CASE_KEYS["slide"], CASE_KEYS["retrieval"]]
+    assert _links(at) == [plain(CASE_KEYS["slide"]), plain(CASE_KEYS["retrieval"])]
     at.selectbox(key="worklist_sort").set_value("least uncertain first").run()
-    assert _links(at) == [CASE_KEYS["retrieval"], CASE_KEYS["slide"]]
+    assert _links(at) == [plain(CASE_KEYS["retrieval"]), plain(CASE_KEYS["slide"])]
     at.text_input(key="worklist_search").set_value("nothing-like-this").run()
     assert _links(at) == [] and "No case matches these filters." in _texts(at)
 
@@ -94,14 +96,15 @@ def test_slide_case_renders(seeded: Seeded) -> None:
     case_id = seeded.case_ids["slide"]
     at = _open_case(_app(), case_id)
     assert not at.exception and not at.error
-    assert at.title[0].value == CASE_KEYS["slide"]
+    assert at.title[0].value == plain(CASE_KEYS["slide"])
     text = _texts(at)
-    assert "Predicted label=tumor" in text and "Slide tiny.tif: 256 x 192 px at level 0" in text
+    assert "Predicted label=tumor" in text
+    assert f"Slide {plain('tiny.tif')}: 256 x 192 px at level 0" in text
     assert _captions(at) == [
         "Thumbnail with heatmap; box = zoom",
         "Zoom at full resolution: x=0, y=0, 256 x 192 px",  # 512 asked, clamped to the slide
-        "tile_0.png",
-        "tile_1.png",
+        plain("tile_0.png"),
+        plain("tile_1.png"),
     ]
     at.number_input(key=f"slide_{case_id}_zoom_size").set_value(64)
     at.number_input(key=f"slide_{case_id}_zoom_x").set_value(250).run()
@@ -176,8 +179,8 @@ def test_conflict_shows_the_other_review(seeded: Seeded) -> None:
     _submit(at, case_id, "accept")
     assert not at.exception
     (message,) = [e.value for e in at.error]
-    assert message.startswith("case was reviewed by root at ")
-    assert message.endswith("while you were editing; your review was not saved")
+    assert message.startswith(plain("case was reviewed by root at "))
+    assert message.endswith(plain("while you were editing; your review was not saved"))
     other = at.table[0].value  # the other review, above the history
     assert other[["reviewer", "decision", "comment"]].values.tolist() == [
         ["root", "reject", "wrong organ"]

@@ -74,9 +74,12 @@ def test_lockout_after_five_failures(store: Store) -> None:
     for i in range(5):
         with pytest.raises(AuthError, match=INVALID_LOGIN):
             authenticate(store, "alice", "bad password", now=T0 + timedelta(seconds=10 + i))
-    # locked at 08:00:14 for 15 minutes: even the right password is refused
-    with pytest.raises(AuthError, match=r"^account locked until 2025-01-01 08:15 UTC$"):
+    # locked at 08:00:14 for 15 minutes: even the right password is refused, with the same
+    # message as a wrong password (issue 14: a locked account must not tell that it exists)
+    with pytest.raises(AuthError, match=f"^{INVALID_LOGIN}$"):
         authenticate(store, "alice", PASSWORD, now=T0 + timedelta(minutes=10))
+    with pytest.raises(AuthError, match=f"^{INVALID_LOGIN}$"):
+        authenticate(store, "alice", PASSWORD, now=T0 + timedelta(minutes=15, seconds=13))
     ok = authenticate(store, "alice", PASSWORD, now=T0 + timedelta(minutes=16))
     assert ok.user.username == "alice"
 
