@@ -48,7 +48,7 @@ MAX_TAG_MPP = 50.0  # coarser than 0.2x: no microscope scan, a default or a phot
 # Single-file formats whose pixels all live in the file (MRXS and VMS keep theirs beside it).
 _SINGLE_FILE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".svslide", ".qptiff")
 # A thumbnail whose source level has more pixels than this is made block by block.
-DIRECT_READ_PIXELS = 2**24
+DIRECT_READ_PIXELS = 2**21
 BLOCK_READ_PIXELS = 2**21
 
 
@@ -383,7 +383,10 @@ class Slide:
         """Whole slide shrunk so its longer side is ``max_size`` (aspect kept), ``(h, w, 3)``.
 
         Reads the lowest-resolution level that is still at least ``max_size`` on its longer
-        side (level 0 when none is), so a large pyramid is never read at full resolution.
+        side (level 0 when none is) and shrinks it by area averaging (each output pixel the
+        mean of its footprint). A level of more than :data:`DIRECT_READ_PIXELS` is read in
+        blocks of about :data:`BLOCK_READ_PIXELS`, so neither a large pyramid nor a large
+        level without one is ever held whole in memory.
         """
         if max_size <= 0:
             raise ValueError(f"{self._path.name}: max_size must be positive, got {max_size}")
@@ -400,7 +403,7 @@ class Slide:
         region = self.read_region((0, 0), level, (lw, lh))
         if region.shape[1] == target[0] and region.shape[0] == target[1]:
             return region
-        return np.asarray(Image.fromarray(region).resize(target, Image.Resampling.LANCZOS))
+        return np.asarray(Image.fromarray(region).resize(target, Image.Resampling.BOX))
 
     def _shrink_by_blocks(self, level: int, target: tuple[int, int]) -> np.ndarray:
         """``level`` shrunk to ``target`` ``(w, h)`` by area averaging, reading blocks of at most

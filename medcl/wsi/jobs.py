@@ -221,7 +221,8 @@ def tile_slide(entry: SlideEntry, cfg: TileJobConfig, out: Path) -> tuple[str, i
     coords, fraction = tile_tissue(plan, found.mask, min_tissue=cfg.min_tissue)
     for sub, image in (("thumbnails", thumb), ("masks", found.mask.astype(np.uint8) * 255)):
         (out / sub).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(out / sub / f"{stem}.png")
+        # fast zlib level: 6 (the default) costs ~4x the CPU for ~10% smaller previews
+        Image.fromarray(image).save(out / sub / f"{stem}.png", compress_level=1)
     write_geojson(
         out / "contours" / f"{stem}.geojson", contours_to_geojson(found.contours, (sx, sy))
     )
