@@ -113,14 +113,39 @@ def pen_mask(hsv: np.ndarray, colors: Sequence[str] = PEN_COLORS) -> np.ndarray:
     return out
 
 
+def where_levels(channel: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """``table[channel]`` for a ``(h, w)`` uint8 ``channel`` and a ``(256,)`` bool ``table``,
+    as comparisons over the table's runs of True (a few vectorised passes; a gather through
+    the table is 10x slower)."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[False], table, [False]]).astype(np.int8)))
+    out = np.zeros(channel.shape, dtype=bool)
+    for lo, hi in zip(edges[0::2], edges[1::2] - 1, strict=True):
+        if lo == 0 and hi == 255:
+            out[:] = True
+        elif lo == 0:
+            out |= channel <= hi
+        elif hi == 255:
+            out |= channel >= lo
+        else:
+            out |= (channel >= lo) & (channel <= hi)
+    return out
+
+
 def _pen_mask_levels(hsv8: np.ndarray, colors: Sequence[str]) -> np.ndarray:
-    """:func:`pen_mask` of ``hsv8`` ``(h, w, 3)`` uint8 HSV (the value * 255), by lookup tables:
-    the same pixels, without a float copy of the image."""
+    """:func:`pen_mask` of ``hsv8`` ``(h, w, 3)`` uint8 HSV (the value * 255), by the rules'
+    tables over the 256 levels: the same pixels, without a float copy of the image."""
     _check_colors(colors)
+    channels = [np.ascontiguousarray(hsv8[..., k]) for k in range(3)]
     out = np.zeros(hsv8.shape[:2], dtype=bool)
     for color in colors:
-        tables = [rule(_LEVELS) for rule in _PEN_RULES[color]]
-        out |= tables[0][hsv8[..., 0]] & tables[1][hsv8[..., 1]] & tables[2][hsv8[..., 2]]
+        hit = None
+        for rule, channel in zip(_PEN_RULES[color], channels, strict=True):
+            table = rule(_LEVELS)
+            if table.all():
+                continue
+            part = where_levels(channel, table)
+            hit = part if hit is None else hit & part
+        out |= hit if hit is not None else True
     return out
 
 
@@ -185,11 +210,12 @@ def detect_tissue(
     # HSV stays uint8 (levels / 255 are the floats of rgb_to_hsv); every threshold rule is a
     # 256-entry lookup table, so no float copy of the thumbnail is made
     hsv8 = _hsv_levels(thumbnail)
-    sat8, val8 = hsv8[..., 1], hsv8[..., 2]
-    bg_table = ((_LEVELS[:, None] >= white_value) & (_LEVELS[None, :] <= white_saturation)) | (
-        _LEVELS[:, None] < black_value
+    sat8, val8 = np.ascontiguousarray(hsv8[..., 1]), np.ascontiguousarray(hsv8[..., 2])
+    white = where_levels(val8, white_value <= _LEVELS) & where_levels(
+        sat8, white_saturation >= _LEVELS
     )
-    background = bg_table[val8, sat8] | (min_saturation > _LEVELS)[sat8]
+    background = white | where_levels(val8, black_value > _LEVELS)
+    background |= where_levels(sat8, min_saturation > _LEVELS)
     min_obj = _area_px(min_tissue_area, area_unit, mpp, "min_tissue_area")
     min_hole = _area_px(min_hole_area, area_unit, mpp, "min_hole_area")
     min_pen = _area_px(min_pen_area, area_unit, mpp, "min_pen_area")
@@ -201,7 +227,7 @@ def detect_tissue(
     if pen_dilation > 0 and pens.any():
         pens = binary_dilation(pens, pen_dilation)
     # Otsu separates glass (low saturation) from stain, so it sees background pixels too
-    counts = np.bincount(sat8[~pens & (black_value <= _LEVELS)[val8]], minlength=256)
+    counts = np.bincount(sat8[~pens & where_levels(val8, black_value <= _LEVELS)], minlength=256)
     present = np.flatnonzero(counts)
     if saturation_threshold is not None:
         threshold = float(saturation_threshold)
@@ -209,7 +235,7 @@ def detect_tissue(
         threshold = min_saturation
     else:
         threshold = max(_otsu_of_levels(counts), min_saturation)
-    sat_above = (threshold < _LEVELS)[sat8]
+    sat_above = where_levels(sat8, threshold < _LEVELS)
     mask = sat_above & ~background & ~pens
     if open_radius > 0:
         mask = binary_opening(mask, open_radius)
