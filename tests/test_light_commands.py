@@ -1,5 +1,5 @@
 """Light commands start light: ``medcl --help``, ``wsi tile`` and ``review`` never import torch
-(nor scipy.signal), checked in a fresh interpreter after the command ran; and a tile whose
+(nor scipy, matplotlib, ...), checked in a fresh interpreter after the command ran; and a tile whose
 only resolution is a default TIFF tag is refused until ``--mpp`` is given."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import tifffile
 
 from medcl.testing.slides import synthetic_tissue_image, write_pyramidal_tiff
 
-HEAVY = ("torch", "scipy.signal", "scipy.stats", "sklearn", "timm", "monai")
+HEAVY = ("torch", "scipy", "sklearn", "timm", "monai", "matplotlib")
 
 
 def run_in_fresh_process(argv: list[str]) -> tuple[int, list[str], str]:

@@ -45,6 +45,14 @@ from typing import Any, Literal
 import numpy as np
 
 from medcl.errors import InvalidInputError
+from medcl.wsi.components import (
+    bounding_boxes,
+    fill_holes,
+    find_runs,
+    paint,
+    remove_small_holes,
+    remove_small_objects,
+)
 from medcl.wsi.morphology import binary_closing, binary_dilation, binary_opening
 
 PEN_COLORS: tuple[str, ...] = ("blue", "green", "black", "red")
@@ -152,15 +160,25 @@ def _pen_mask_levels(hsv8: np.ndarray, colors: Sequence[str]) -> np.ndarray:
 def _otsu_of_levels(counts: np.ndarray) -> float:
     """:func:`skimage.filters.threshold_otsu` of the float saturations whose uint8 level
     histogram is ``counts`` ``(256,)``: the same 256 bins over [min, max], from the counts."""
-    from skimage.filters import threshold_otsu
-
     present = np.flatnonzero(counts)
     values = _LEVELS[present]
     hist, edges = np.histogram(
         values, bins=256, range=(values[0], values[-1]), weights=counts[present]
     )
     centers = (edges[:-1] + edges[1:]) / 2.0
-    return float(threshold_otsu(hist=(hist.astype(np.int64), centers)))
+    return otsu_threshold(hist.astype(np.int64), centers)
+
+
+def otsu_threshold(counts: np.ndarray, centers: np.ndarray) -> float:
+    """Otsu's threshold of a histogram (``counts`` and bin ``centers``, ``(B,)`` each): the
+    centre that maximises the between-class variance (Otsu, IEEE SMC 1979), computed as
+    :func:`skimage.filters.threshold_otsu` computes it (whose import pulls in scipy.ndimage)."""
+    weight1 = np.cumsum(counts)
+    weight2 = np.cumsum(counts[::-1])[::-1]
+    mean1 = np.cumsum(counts * centers) / weight1
+    mean2 = (np.cumsum((counts * centers)[::-1]) / weight2[::-1])[::-1]
+    variance = weight1[:-1] * weight2[1:] * (mean1[:-1] - mean2[1:]) ** 2
+    return float(centers[int(np.argmax(variance))])
 
 
 def _area_px(area: float, unit: str, mpp: float | None, name: str) -> float:
@@ -203,8 +221,6 @@ def detect_tissue(
     Returns:
         :class:`TissueResult`; an empty mask and no contours when nothing is tissue.
     """
-    from skimage import morphology
-
     if thumbnail.ndim != 3 or thumbnail.shape[2] < 3:
         raise ValueError(f"thumbnail must be (h, w, 3), got {thumbnail.shape}")
     # HSV stays uint8 (levels / 255 are the floats of rgb_to_hsv); every threshold rule is a
@@ -221,9 +237,7 @@ def detect_tissue(
     min_pen = _area_px(min_pen_area, area_unit, mpp, "min_pen_area")
     pens = _pen_mask_levels(hsv8, pen_colors) if pen_colors else np.zeros(sat8.shape, dtype=bool)
     if min_pen > 1 and pens.any():
-        pens = morphology.remove_small_objects(
-            pens, connectivity=2, max_size=math.ceil(min_pen) - 1
-        )
+        pens = remove_small_objects(pens, math.ceil(min_pen) - 1, connectivity=2)
     if pen_dilation > 0 and pens.any():
         pens = binary_dilation(pens, pen_dilation)
     # Otsu separates glass (low saturation) from stain, so it sees background pixels too
@@ -245,11 +259,9 @@ def detect_tissue(
         closed = binary_closing(np.pad(mask, pad), close_radius)
         mask = closed[pad:-pad, pad:-pad]
     if min_obj > 0:
-        mask = morphology.remove_small_objects(
-            mask, connectivity=2, max_size=math.ceil(min_obj) - 1
-        )
+        mask = remove_small_objects(mask, math.ceil(min_obj) - 1, connectivity=2)
     if min_hole > 0:
-        mask = morphology.remove_small_holes(mask, max_size=math.ceil(min_hole) - 1)
+        mask = remove_small_holes(mask, math.ceil(min_hole) - 1)
     mask = np.asarray(mask & ~pens, dtype=bool)
     return TissueResult(mask, mask_to_polygons(mask, tolerance=contour_tolerance), threshold)
 
@@ -337,23 +349,20 @@ def signed_area(ring: np.ndarray) -> float:
 def mask_to_polygons(mask: np.ndarray, *, tolerance: float = 0.5) -> list[TissuePolygon]:
     """Outline every 8-connected piece of ``mask`` ``(h, w)`` with its holes, in the continuous
     pixel coordinates of the module docstring."""
-    from scipy import ndimage as ndi
-    from skimage.measure import find_contours, label
+    from skimage.measure._find_contours import find_contours  # without skimage.measure's scipy
 
-    labels = label(mask, connectivity=2)
+    runs = find_runs(mask, connectivity=2)
+    labels = paint(runs, runs.comp)
     out: list[TissuePolygon] = []
-    for index, box in enumerate(ndi.find_objects(labels), start=1):
-        if box is None:
-            continue
+    for index, box in enumerate(bounding_boxes(runs), start=1):
         piece = np.pad(labels[box] == index, 1)
         offset = (box[0].start - 1, box[1].start - 1)
-        filled = ndi.binary_fill_holes(piece)
+        filled = fill_holes(piece)
         outer = _longest(find_contours(filled.astype(np.float32), 0.5, fully_connected="high"))
-        holes_lab, _ = ndi.label(filled & ~piece)
+        hole_runs = find_runs(filled & ~piece, connectivity=1)
+        holes_lab = paint(hole_runs, hole_runs.comp)
         holes = []
-        for hole, hbox in enumerate(ndi.find_objects(holes_lab), start=1):
-            if hbox is None:
-                continue
+        for hole, hbox in enumerate(bounding_boxes(hole_runs), start=1):
             crop = np.pad(holes_lab[hbox] == hole, 1).astype(np.float32)
             corner = (offset[0] + hbox[0].start - 1, offset[1] + hbox[1].start - 1)
             holes.append(_ring(_longest(find_contours(crop, 0.5)), corner, tolerance))
