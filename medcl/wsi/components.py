@@ -11,6 +11,7 @@ tissue detection itself on a 2048 px thumbnail.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,9 +39,9 @@ def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     padded = np.zeros((mask.shape[0], mask.shape[1] + 2), dtype=np.int8)
     padded[:, 1:-1] = mask
     step = np.diff(padded, axis=1)
-    row, start = np.nonzero(step == 1)
-    _, end = np.nonzero(step == -1)
-    return row.astype(np.int64), start.astype(np.int64), end.astype(np.int64)
+    # in raster order the changes of a row alternate: +1 (a run starts), -1 (it ends)
+    rows, cols = np.nonzero(step)
+    return rows[0::2].astype(np.int64), cols[0::2].astype(np.int64), cols[1::2].astype(np.int64)
 
 
 def _join(row: np.ndarray, start: np.ndarray, end: np.ndarray, reach: int) -> np.ndarray:
@@ -108,7 +109,7 @@ def remove_small_objects(mask: np.ndarray, max_size: int, connectivity: int = 2)
     """``mask`` without the components of at most ``max_size`` pixels (skimage's rule)."""
     runs = find_runs(mask, connectivity)
     keep = component_sizes(runs) > max_size
-    return paint(runs, keep[runs.comp].astype(np.int8), np.int8).astype(bool)
+    return paint(runs, keep[runs.comp].astype(np.int8), np.int8).view(bool)  # 0/1 bytes
 
 
 def remove_small_holes(mask: np.ndarray, max_size: int, connectivity: int = 1) -> np.ndarray:
@@ -127,7 +128,7 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     outside = np.zeros(runs.n + 1, dtype=bool)
     outside[runs.comp[edge]] = True
     hole = (~outside[runs.comp]).astype(np.int8)
-    return mask | paint(runs, hole, np.int8).astype(bool)
+    return mask | paint(runs, hole, np.int8).view(bool)  # 0/1 bytes
 
 
 def bounding_boxes(runs: Runs) -> list[tuple[slice, slice]]:
@@ -143,3 +144,20 @@ def bounding_boxes(runs: Runs) -> list[tuple[slice, slice]]:
     return [
         (slice(int(r0[k]), int(r1[k]) + 1), slice(int(c0[k]), int(c1[k]))) for k in range(1, n + 1)
     ]
+
+
+def component_masks(runs: Runs, pad: int = 1) -> Iterator[tuple[tuple[slice, slice], np.ndarray]]:
+    """``(box, piece)`` for each component 1..n: its :func:`bounding_boxes` slices and the
+    ``(h + 2 pad, w + 2 pad)`` bool mask of that component alone in the box, padded with
+    False (``np.pad(labels[box] == k, pad)``, without painting the whole label image)."""
+    order = np.argsort(runs.comp, kind="stable")
+    bounds = np.searchsorted(runs.comp[order], np.arange(1, runs.n + 2))
+    for k, box in enumerate(bounding_boxes(runs), start=1):
+        sel = order[bounds[k - 1] : bounds[k]]
+        h = box[0].stop - box[0].start + 2 * pad
+        w = box[1].stop - box[1].start + 2 * pad
+        diff = np.zeros((h, w + 1), dtype=np.int8)
+        rows = runs.row[sel] - box[0].start + pad
+        np.add.at(diff, (rows, runs.start[sel] - box[1].start + pad), 1)
+        np.subtract.at(diff, (rows, runs.end[sel] - box[1].start + pad), 1)
+        yield box, np.cumsum(diff[:, :w], axis=1, dtype=np.int8).view(bool)

@@ -46,10 +46,9 @@ import numpy as np
 
 from medcl.errors import InvalidInputError
 from medcl.wsi.components import (
-    bounding_boxes,
+    component_masks,
     fill_holes,
     find_runs,
-    paint,
     remove_small_holes,
     remove_small_objects,
 )
@@ -352,19 +351,15 @@ def mask_to_polygons(mask: np.ndarray, *, tolerance: float = 0.5) -> list[Tissue
     from skimage.measure._find_contours import find_contours  # without skimage.measure's scipy
 
     runs = find_runs(mask, connectivity=2)
-    labels = paint(runs, runs.comp)
     out: list[TissuePolygon] = []
-    for index, box in enumerate(bounding_boxes(runs), start=1):
-        piece = np.pad(labels[box] == index, 1)
+    for box, piece in component_masks(runs, pad=1):
         offset = (box[0].start - 1, box[1].start - 1)
         filled = fill_holes(piece)
         outer = _longest(find_contours(filled.astype(np.float32), 0.5, fully_connected="high"))
-        hole_runs = find_runs(filled & ~piece, connectivity=1)
-        holes_lab = paint(hole_runs, hole_runs.comp)
         holes = []
-        for hole, hbox in enumerate(bounding_boxes(hole_runs), start=1):
-            crop = np.pad(holes_lab[hbox] == hole, 1).astype(np.float32)
+        for hbox, hole in component_masks(find_runs(filled & ~piece, connectivity=1), pad=1):
             corner = (offset[0] + hbox[0].start - 1, offset[1] + hbox[1].start - 1)
+            crop = hole.astype(np.float32)
             holes.append(_ring(_longest(find_contours(crop, 0.5)), corner, tolerance))
         exterior = _ring(outer, offset, tolerance)
         if signed_area(exterior) < 0:

@@ -10,6 +10,7 @@ from skimage import morphology
 from medcl.testing.slides import SyntheticTissue
 from medcl.wsi.components import (
     bounding_boxes,
+    component_masks,
     fill_holes,
     find_runs,
     label,
@@ -55,3 +56,14 @@ def test_clean_up_equals_skimage_and_scipy(index: int) -> None:
             remove_small_holes(mask, size), morphology.remove_small_holes(mask, max_size=size)
         )
     np.testing.assert_array_equal(fill_holes(mask), ndi.binary_fill_holes(mask))
+
+
+@pytest.mark.parametrize("index", range(9))
+def test_component_masks_are_the_padded_label_crops(index: int) -> None:
+    mask = masks()[index]
+    labels, n = ndi.label(mask, structure=EIGHT)
+    pieces = list(component_masks(find_runs(mask, 2), pad=1))
+    assert len(pieces) == n
+    for k, (box, piece) in enumerate(pieces, start=1):
+        assert box == ndi.find_objects(labels)[k - 1]
+        np.testing.assert_array_equal(piece, np.pad(labels[box] == k, 1))
