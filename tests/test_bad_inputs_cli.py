@@ -16,6 +16,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from medcl.cli import main
+from medcl.testing.lying_headers import write_lying_nifti, write_lying_tiff
 from medcl.testing.volumes import write_dicom_slice
 
 
@@ -82,6 +83,21 @@ def image_not_an_image(tmp: Path) -> tuple[list[str], str, str]:
     return [str(tmp / "set"), "--kind", "images"], "fake.jpg", "cannot identify image file"
 
 
+def nifti_claiming_30000_cubed(tmp: Path) -> tuple[list[str], str, str]:
+    bad = write_lying_nifti(tmp / "huge.nii.gz", (30000, 30000, 30000))
+    return [str(bad)], "huge.nii.gz", "27,000,000,000,000 voxels"
+
+
+def nifti_negative_dimension(tmp: Path) -> tuple[list[str], str, str]:
+    bad = write_lying_nifti(tmp / "negative.nii", (4, -5, 4))
+    return [str(bad)], "negative.nii", "dimension 1 is -5"
+
+
+def tiff_declaring_100000_squared(tmp: Path) -> tuple[list[str], str, str]:
+    bad = write_lying_tiff(tmp / "lie.tif", 100_000, 100_000)
+    return [str(bad)], "lie.tif", "100000 x 100000 px"
+
+
 CASES: dict[str, Callable[[Path], tuple[list[str], str, str]]] = {
     "truncated_nifti": truncated_nifti,
     "zero_byte": zero_byte,
@@ -90,6 +106,9 @@ CASES: dict[str, Callable[[Path], tuple[list[str], str, str]]] = {
     "label_of_other_shape": label_of_other_shape,
     "manifest_missing_file": manifest_missing_file,
     "image_not_an_image": image_not_an_image,
+    "nifti_claiming_30000_cubed": nifti_claiming_30000_cubed,
+    "nifti_negative_dimension": nifti_negative_dimension,
+    "tiff_declaring_100000_squared": tiff_declaring_100000_squared,
 }
 
 

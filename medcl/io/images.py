@@ -28,6 +28,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from medcl.errors import InvalidInputError
+from medcl.io.limits import check_count, max_pixels
 from medcl.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,8 @@ def read_image(
         ``(H, W, 3)`` uint8 array for ``"RGB"`` (``(H, W)`` for single-channel modes).
 
     Raises:
-        InvalidInputError: the file is missing, empty, not an image, truncated or the wrong size.
+        InvalidInputError: the file is missing, empty, not an image, truncated, the wrong size,
+            or declares more pixels than ``MEDCL_MAX_PIXELS`` (checked before decoding).
     """
     p = Path(path)
     if not p.is_file():
@@ -63,8 +65,9 @@ def read_image(
         raise InvalidInputError(p, "image file is empty (0 bytes)")
     try:
         with Image.open(p) as img:
+            size = img.size  # from the header: checked before anything is decoded
+            check_count(p, size, limit=max_pixels(), unit="px", variable="MEDCL_MAX_PIXELS")
             img.load()  # force a full decode: truncated files fail here, not later
-            size = img.size
             if expected_size is not None and tuple(size) != tuple(expected_size):
                 raise InvalidInputError(
                     p,

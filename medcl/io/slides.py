@@ -22,6 +22,13 @@ import numpy as np
 from PIL import Image
 
 from medcl.errors import InvalidInputError
+from medcl.io.limits import (
+    check_count,
+    check_dimensions,
+    check_fits_file,
+    max_pixels,
+    max_slide_pixels,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +40,16 @@ NO_MPP_MESSAGE = "no microns-per-pixel in the slide metadata; pass --mpp to supp
 _APERIO_MPP = re.compile(r"(?:^|\|)\s*MPP\s*=\s*([0-9.eE+-]+)")
 _APERIO_MAG = re.compile(r"(?:^|\|)\s*AppMag\s*=\s*([0-9.eE+-]+)")
 _UNIT_MICRONS = {"centimeter": 1e4, "inch": 25400.0}
+# Resolutions that image libraries and screens write by default (dots per inch). A slide
+# scanner writes its real resolution (tens of thousands of dpi); one of these, or a unit of
+# "none", says nothing about the scan.
+_DEFAULT_DPI = (72.0, 96.0, 100.0, 120.0, 144.0, 150.0, 200.0, 240.0, 300.0, 600.0, 1200.0)
+MAX_TAG_MPP = 50.0  # coarser than 0.2x: no microscope scan, a default or a photograph
+# Single-file formats whose pixels all live in the file (MRXS and VMS keep theirs beside it).
+_SINGLE_FILE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".svslide", ".qptiff")
+# A thumbnail whose source level has more pixels than this is made block by block.
+DIRECT_READ_PIXELS = 2**21
+BLOCK_READ_PIXELS = 2**21
 
 
 def _one_line(exc: BaseException) -> str:
@@ -63,6 +80,21 @@ def _positive_float(value: object) -> float | None:
     return number if math.isfinite(number) and number > 0 else None
 
 
+def tiff_resolution_mpp(properties: Mapping[str, str]) -> float | None:
+    """Level-0 um/px from the TIFF ``XResolution``/``ResolutionUnit`` tags, or None when they
+    are absent or only a default: unit none, a common screen/print dpi (72, 96, 300, ...) or
+    coarser than :data:`MAX_TAG_MPP` um/px."""
+    unit = properties.get("tiff.ResolutionUnit", "").strip().lower()
+    xres = _positive_float(properties.get("tiff.XResolution"))
+    if unit not in _UNIT_MICRONS or xres is None:
+        return None
+    dpi = xres * _UNIT_MICRONS["inch"] / _UNIT_MICRONS[unit]
+    if any(abs(dpi - default) <= 0.005 * default for default in _DEFAULT_DPI):
+        return None
+    mpp = _UNIT_MICRONS[unit] / xres
+    return mpp if mpp <= MAX_TAG_MPP else None
+
+
 def nearest_magnification(mpp: float) -> float:
     """Objective power matching ``mpp`` (10x ~ 1 um/px), snapped to 40/20/10/5 in log scale."""
     raw = 10.0 / mpp
@@ -86,13 +118,58 @@ class Slide:
         self._properties = {str(k): str(v) for k, v in handle.properties.items() if v is not None}
         self._level_dimensions = [(int(w), int(h)) for w, h in handle.level_dimensions]
         self._level_downsamples = [float(d) for d in handle.level_downsamples]
+        self._check_geometry()
         self._mpp, self._mpp_source = self._resolve_mpp(mpp_override)
+
+    def _check_geometry(self) -> None:
+        """Declared level sizes checked before any pixel is read: positive, level 0 the largest,
+        within ``MEDCL_MAX_SLIDE_PIXELS``, and (single-file formats) held by the file's size."""
+        if not self._level_dimensions:
+            raise InvalidInputError(self._path, "slide declares no image levels")
+        for level, dims in enumerate(self._level_dimensions):
+            check_dimensions(self._path, dims, f"level {level} size (width, height)")
+        width, height = self._level_dimensions[0]
+        for level, (w, h) in enumerate(self._level_dimensions[1:], start=1):
+            if w > width or h > height:
+                raise InvalidInputError(
+                    self._path,
+                    f"level {level} ({w} x {h} px) is larger than level 0 ({width} x {height} px): "
+                    "damaged header",
+                )
+        for level, ds in enumerate(self._level_downsamples):
+            if not (math.isfinite(ds) and ds >= 1.0 - 1e-6):
+                raise InvalidInputError(
+                    self._path, f"level {level} has downsample {ds}: expected a number >= 1"
+                )
+        check_count(
+            self._path,
+            (width, height),
+            limit=max_slide_pixels(),
+            unit="px at level 0",
+            variable="MEDCL_MAX_SLIDE_PIXELS",
+        )
+        if self._path.name.lower().endswith(_SINGLE_FILE_SUFFIXES) and self._path.is_file():
+            check_fits_file(
+                self._path,
+                width * height * 3,
+                self._path.stat().st_size,
+                compressed=True,
+                what=f"level-0 pixels ({width} x {height} px RGB)",
+            )
 
     # ------------------------------------------------------------------ metadata
     def _resolve_mpp(self, override: float | None) -> tuple[float | None, str | None]:
         props = self._properties
         found: tuple[float, str] | None = None
         backend_mpp = _positive_float(props.get(f"{self._backend}.mpp-x"))
+        xres = _positive_float(props.get("tiff.XResolution"))
+        if backend_mpp is not None and xres is not None:
+            # the backend may have taken it from the resolution tags (tiffslide does, even
+            # from a 72-dpi default): then it is only as good as the tags
+            unit = props.get("tiff.ResolutionUnit", "").strip().lower()
+            tag_mpp = _UNIT_MICRONS[unit] / xres if unit in _UNIT_MICRONS else None
+            if tag_mpp is not None and abs(tag_mpp - backend_mpp) <= 1e-3 * backend_mpp:
+                backend_mpp = tiff_resolution_mpp(props)
         description = props.get("tiff.ImageDescription", "")
         aperio = _APERIO_MPP.search(description)
         aperio_mpp = _positive_float(aperio.group(1)) if aperio else None
@@ -100,13 +177,8 @@ class Slide:
             found = (backend_mpp, self._backend)
         elif aperio_mpp is not None:
             found = (aperio_mpp, "aperio-description")
-        else:
-            unit = props.get("tiff.ResolutionUnit", "").lower()
-            xres = _positive_float(props.get("tiff.XResolution"))
-            if unit in _UNIT_MICRONS and xres is not None:
-                mpp = _UNIT_MICRONS[unit] / xres
-                if mpp < 100.0:  # 72 dpi "screen" defaults are not a scan resolution
-                    found = (mpp, "tiff-resolution")
+        elif (tag_based := tiff_resolution_mpp(props)) is not None:
+            found = (tag_based, "tiff-resolution")
         if found is not None:
             if override is not None and abs(override - found[0]) > 0.05 * found[0]:
                 logger.warning(
@@ -243,6 +315,12 @@ class Slide:
         self._check_level(level)
         loc = (int(location[0]), int(location[1]))
         wh = (int(size[0]), int(size[1]))
+        if wh[0] * wh[1] > (limit := max_pixels()):
+            raise InvalidInputError(
+                self._path,
+                f"region of {wh[0]} x {wh[1]} px at level {level} is more than the {limit:,} px "
+                "read at once (set MEDCL_MAX_PIXELS to raise the limit, or read it by tiles)",
+            )
         try:
             if self._backend == "openslide":
                 rgba = np.asarray(self._handle.read_region(loc, level, wh))
@@ -305,7 +383,10 @@ class Slide:
         """Whole slide shrunk so its longer side is ``max_size`` (aspect kept), ``(h, w, 3)``.
 
         Reads the lowest-resolution level that is still at least ``max_size`` on its longer
-        side (level 0 when none is), so a large pyramid is never read at full resolution.
+        side (level 0 when none is) and shrinks it by area averaging (each output pixel the
+        mean of its footprint). A level of more than :data:`DIRECT_READ_PIXELS` is read in
+        blocks of about :data:`BLOCK_READ_PIXELS`, so neither a large pyramid nor a large
+        level without one is ever held whole in memory.
         """
         if max_size <= 0:
             raise ValueError(f"{self._path.name}: max_size must be positive, got {max_size}")
@@ -316,10 +397,45 @@ class Slide:
         for candidate, (lw, lh) in enumerate(self.level_dimensions):
             if lw >= target[0] and lh >= target[1]:
                 level = candidate
-        region = self.read_region((0, 0), level, self.level_dimensions[level])
+        lw, lh = self.level_dimensions[level]
+        if lw * lh > DIRECT_READ_PIXELS and (lw, lh) != target:
+            return self._shrink_by_blocks(level, target)
+        region = self.read_region((0, 0), level, (lw, lh))
         if region.shape[1] == target[0] and region.shape[0] == target[1]:
             return region
-        return np.asarray(Image.fromarray(region).resize(target, Image.Resampling.LANCZOS))
+        return np.asarray(Image.fromarray(region).resize(target, Image.Resampling.BOX))
+
+    def _shrink_by_blocks(self, level: int, target: tuple[int, int]) -> np.ndarray:
+        """``level`` shrunk to ``target`` ``(w, h)`` by area averaging, reading blocks of at most
+        about :data:`BLOCK_READ_PIXELS` (full-width stripes when they fit), never the level whole.
+
+        Each output pixel is the mean of its footprint in the level, which lies inside one
+        block, so the result does not depend on the block size (to rounding).
+        """
+        lw, lh = self.level_dimensions[level]
+        ds = self.level_downsamples[level]
+        tw, th = target
+        sx, sy = lw / tw, lh / th
+        rows = int(BLOCK_READ_PIXELS // (lw * sy))
+        if rows >= 1:
+            block_h, block_w = rows, tw
+        else:
+            block_h, block_w = 1, max(1, int(BLOCK_READ_PIXELS // (sx * sy)))
+        out = np.empty((th, tw, 3), dtype=np.uint8)
+        for oy in range(0, th, block_h):
+            bh = min(block_h, th - oy)
+            y0, y1 = oy * sy, (oy + bh) * sy
+            ry0, ry1 = math.floor(y0), min(lh, math.ceil(y1 - 1e-9))
+            for ox in range(0, tw, block_w):
+                bw = min(block_w, tw - ox)
+                x0, x1 = ox * sx, (ox + bw) * sx
+                rx0, rx1 = math.floor(x0), min(lw, math.ceil(x1 - 1e-9))
+                location = (round(rx0 * ds), round(ry0 * ds))
+                region = self.read_region(location, level, (rx1 - rx0, ry1 - ry0))
+                box = (x0 - rx0, y0 - ry0, x1 - rx0, y1 - ry0)
+                small = Image.fromarray(region).resize((bw, bh), Image.Resampling.BOX, box=box)
+                out[oy : oy + bh, ox : ox + bw] = np.asarray(small)
+        return out
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
@@ -346,13 +462,20 @@ class Slide:
 
 
 def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
-    """``(h, w, 4)`` uint8 straight-alpha RGBA -> ``(h, w, 3)`` uint8 RGB over white."""
+    """``(h, w, 4)`` uint8 straight-alpha RGBA -> ``(h, w, 3)`` uint8 RGB over white.
+
+    Integer arithmetic: ``(rgb * a + 255 * (255 - a) + 127) // 255`` is the rounded blend
+    (255 is odd, so no value falls half-way) in uint16, a third of the float32 memory.
+    """
     alpha = rgba[..., 3:4]
     if alpha.min() == 255:
         return np.ascontiguousarray(rgba[..., :3])
-    a = alpha.astype(np.float32) / 255.0
-    rgb = rgba[..., :3].astype(np.float32) * a + 255.0 * (1.0 - a)
-    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+    a = alpha.astype(np.uint16)
+    out = rgba[..., :3].astype(np.uint16)
+    out *= a
+    out += 255 * (255 - a) + 127
+    out //= 255
+    return out.astype(np.uint8)
 
 
 def open_slide(
@@ -397,6 +520,9 @@ def open_slide(
         logger.info("%s: opened with %s", file, name)
         try:
             return Slide(file, handle, name, mpp_override=mpp)
+        except InvalidInputError:  # the header itself is impossible: no backend reads it
+            handle.close()
+            raise
         except Exception as exc:  # noqa: BLE001 - metadata read failures mean a bad file
             handle.close()
             failures.append(f"{name}: {_one_line(exc)}")

@@ -11,6 +11,7 @@ grid (reorienting a label stored with flipped or permuted axes) and that its val
 from __future__ import annotations
 
 import logging
+import math
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from nibabel.spatialimages import HeaderDataError
 
 from medcl.errors import AlignmentError, InvalidInputError
 from medcl.io.dicom import NO_UID, select_series
+from medcl.io.limits import check_count, check_dimensions, check_fits_file, max_voxels
 
 logger = logging.getLogger(__name__)
 
@@ -133,10 +135,26 @@ def _pick_frame(
     return np.asarray(array[..., frame]), {"frame": frame % n, "n_frames": n}
 
 
+def check_voxels(path: Path, shape: tuple[object, ...], one_frame: bool) -> tuple[int, ...]:
+    """Declared ``shape`` checked before reading: positive dimensions, and the voxels to be read
+    (the first three axes when ``one_frame``, else all) within ``MEDCL_MAX_VOXELS``."""
+    dims = tuple(check_dimensions(path, shape, "voxel dimensions"))
+    read = dims[:3] if one_frame else dims
+    check_count(path, read, limit=max_voxels(), unit="voxels", variable="MEDCL_MAX_VOXELS")
+    return dims
+
+
 def _read_nifti(path: Path, frame: int | None) -> Volume:
     try:
         img: Any = nib.load(path)
-        shape = tuple(int(s) for s in img.shape)
+        shape = check_voxels(path, tuple(img.header.get_data_shape()), frame is not None)
+        gz = path.name.lower().endswith(".gz")
+        try:
+            offset = int(img.header["vox_offset"])
+        except (KeyError, ValueError, TypeError):
+            offset = 0
+        declared = math.prod(shape) * img.get_data_dtype().itemsize
+        check_fits_file(path, offset + declared, path.stat().st_size, compressed=gz, what="voxels")
         n = shape[3] if len(shape) == 4 else 0
         if n > 1 and frame is not None and -n <= frame < n:
             data = np.asanyarray(img.dataobj[..., frame])  # read the one frame only
@@ -161,6 +179,10 @@ def _read_nifti(path: Path, frame: int | None) -> Volume:
 
 def _read_nrrd(path: Path, frame: int | None) -> Volume:
     try:
+        with path.open("rb") as f:
+            sizes = nrrd.read_header(f).get("sizes")
+        if sizes is not None:
+            check_voxels(path, tuple(np.asarray(sizes).tolist()), False)
         data, header = nrrd.read(str(path))
     except (nrrd.NRRDError, OSError, EOFError, ValueError, KeyError, TypeError, zlib.error) as exc:
         problem = f"file is truncated or not a valid NRRD ({type(exc).__name__}: {exc})"
@@ -197,6 +219,30 @@ def _read_nrrd(path: Path, frame: int | None) -> Volume:
     return Volume(np.ascontiguousarray(array), affine, path, {**meta, **extra})
 
 
+def _check_dicom_size(path: Path, first: Path, n_files: int) -> None:
+    """Rows x Columns x frames of ``first``'s header, times ``n_files``, checked before decoding."""
+    try:
+        header = pydicom.dcmread(first, stop_before_pixels=True)
+    except _DICOM_ERRORS as exc:
+        problem = f"cannot read the DICOM header ({type(exc).__name__}: {exc})"
+        raise InvalidInputError(path, problem) from exc
+    rows, cols = getattr(header, "Rows", None), getattr(header, "Columns", None)
+    if rows is None or cols is None:
+        return  # no image attributes: the reader reports what is missing
+    frames = getattr(header, "NumberOfFrames", None) or 1
+    samples = getattr(header, "SamplesPerPixel", None) or 1
+    shape = check_dimensions(
+        path, (cols, rows, frames, samples), "Columns, Rows, NumberOfFrames, SamplesPerPixel"
+    )
+    check_count(
+        path,
+        [*shape[:2], shape[2] * shape[3] * n_files],
+        limit=max_voxels(),
+        unit="voxels",
+        variable="MEDCL_MAX_VOXELS",
+    )
+
+
 def _read_dicom(path: Path, frame: int | None, series_uid: str | None) -> Volume:
     from monai.data import PydicomReader  # heavy import, only when DICOM is read
 
@@ -205,9 +251,11 @@ def _read_dicom(path: Path, frame: int | None, series_uid: str | None) -> Volume
         names = "|".join(re.escape(str(path / f.name)) for f in series.files)
         reader = PydicomReader(fname_regex=f"^(?:{names})$")
         uid, modality, count = series.uid, series.modality, len(series.files)
+        _check_dicom_size(path, series.files[0], count)
     else:
         reader = PydicomReader()
         uid, modality, count = "", None, 1
+        _check_dicom_size(path, path, 1)
     try:
         img = reader.read(str(path))
         data, monai_meta = reader.get_data(img)

@@ -186,6 +186,19 @@ def _write_status(path: Path, rows: dict[str, dict[str, Any]]) -> None:
     tmp.replace(path)
 
 
+def thumbnail_level(level_dimensions: list[tuple[int, int]], requested: int) -> int | None:
+    """A pyramid level to detect tissue on as it is, instead of a ``requested`` px thumbnail:
+    the largest level whose longer side is below ``requested`` but at least half of it (None
+    when there is none, or level 0 is no larger than ``requested``). Decoding a level 2-4x that
+    size only to shrink it costs most of a small slide's time; the mask stays finer than
+    ``requested / 2`` px, ample for tiles that each cover several mask pixels."""
+    sides = [max(w, h) for w, h in level_dimensions]
+    if sides[0] <= requested:
+        return None
+    close = [lvl for lvl, side in enumerate(sides) if requested / 2 <= side < requested]
+    return close[0] if close else None
+
+
 def tile_slide(entry: SlideEntry, cfg: TileJobConfig, out: Path) -> tuple[str, int, str]:
     """Tile one slide into ``out``; returns ``(state, n_tiles, message)``, state ok or empty.
 
@@ -197,7 +210,11 @@ def tile_slide(entry: SlideEntry, cfg: TileJobConfig, out: Path) -> tuple[str, i
     stem = entry.path.stem
     with open_slide(entry.path, backend=cfg.backend, mpp=entry.mpp or cfg.mpp) as slide:
         mpp = slide.require_mpp()
-        thumb = slide.thumbnail(cfg.thumbnail_size)
+        level = thumbnail_level(slide.level_dimensions, cfg.thumbnail_size)
+        if level is None:
+            thumb = slide.thumbnail(cfg.thumbnail_size)
+        else:
+            thumb = slide.read_region((0, 0), level, slide.level_dimensions[level])
         dims, downsamples = slide.dimensions, slide.level_downsamples
     sx, sy = dims[0] / thumb.shape[1], dims[1] / thumb.shape[0]
     opts = cfg.tissue.model_dump()
@@ -221,7 +238,9 @@ def tile_slide(entry: SlideEntry, cfg: TileJobConfig, out: Path) -> tuple[str, i
     coords, fraction = tile_tissue(plan, found.mask, min_tissue=cfg.min_tissue)
     for sub, image in (("thumbnails", thumb), ("masks", found.mask.astype(np.uint8) * 255)):
         (out / sub).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(out / sub / f"{stem}.png")
+        # fast zlib (level 1, run-length strategy): the default costs ~4x the CPU for ~10%
+        # smaller previews
+        Image.fromarray(image).save(out / sub / f"{stem}.png", compress_level=1, compress_type=3)
     write_geojson(
         out / "contours" / f"{stem}.geojson", contours_to_geojson(found.contours, (sx, sy))
     )

@@ -296,7 +296,7 @@ def test_thumbnail_reads_smallest_sufficient_level(
         assert small.shape == (225, 300, 3)
         big = slide.thumbnail(1500)
         assert big.shape == (1125, 1500, 3)
-        assert seen == [2, 2, 0]
+        assert seen[:2] == [2, 2] and set(seen[2:]) == {0}  # level 0 read in blocks
 
 
 # --------------------------------------------------------------------------- bad input

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import pickle
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -274,3 +275,42 @@ def test_bf16_autocast_stores_float32_close_to_fp32(
     np.testing.assert_allclose(feats, expected, atol=0.1 * np.abs(expected).max())
     with pytest.raises(ValueError, match="precision must be fp32, fp16 or bf16, got 'int8'"):
         extract_features(slide, coords_path, out, encoder, precision="int8")  # type: ignore[arg-type]
+
+
+def test_main_process_transform_runs_on_one_thread_and_forward_on_all(
+    slide: Path, grid: tuple[np.ndarray, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    coords, coords_path = grid
+    model = create_encoder("open_clip:medcl-tiny-vit").eval()
+    transform = model.eval_transform
+    seen: list[int] = []
+
+    def counting_transform(tile: np.ndarray) -> torch.Tensor:
+        seen.append(torch.get_num_threads())
+        return transform(tile)
+
+    forward_threads: list[int] = []
+    model.register_forward_pre_hook(lambda *_: forward_threads.append(torch.get_num_threads()))
+    monkeypatch.setattr(model, "eval_transform", counting_transform)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = tmp_path / "bag.h5"
+        extract_features(slide, coords_path, out, model, batch_size=4, num_workers=0)
+        assert seen == [1] * len(coords)
+        assert forward_threads == [2] * 4  # 14 tiles in batches of 4
+        assert torch.get_num_threads() == 2
+        with h5py.File(out, "r") as f:
+            np.testing.assert_allclose(
+                f["features"][()], reference_features(slide, coords, model, transform), atol=1e-5
+            )
+    finally:
+        torch.set_num_threads(before)
+
+
+def reference_features(
+    slide: Path, coords: np.ndarray, model: Encoder, transform: Any
+) -> np.ndarray:
+    ds = TileDataset(slide, coords, level=0, read_size=TILE, patch_size=TILE, transform=transform)
+    with torch.inference_mode():
+        return model(torch.stack([ds[i][0] for i in range(len(coords))])).numpy()

@@ -201,3 +201,15 @@ def test_real_svs_slides(data_root: Path, tmp_path: Path) -> None:
         assert grid.attrs.patch_size_level0 == tile0
         mask = np.asarray(Image.open(tmp_path / "job" / "masks" / f"{stem}.png")) > 0
         assert 0.1 < mask.mean() < 0.9
+
+
+def test_thumbnail_level_reads_a_close_pyramid_level_as_is() -> None:
+    from medcl.wsi.jobs import thumbnail_level
+
+    two_levels = [(4443, 3567), (1110, 891)]
+    assert thumbnail_level(two_levels, 2048) == 1  # 1110 >= 2048 / 2: read level 1, not level 0
+    assert thumbnail_level(two_levels, 4096) is None  # level 1 too small: shrink level 0
+    assert thumbnail_level(two_levels, 5000) is None  # level 0 fits whole
+    synthetic = [(40000, 40000), (20000, 20000), (10000, 10000), (5000, 5000), (2500, 2500)]
+    assert thumbnail_level(synthetic, 2048) is None  # no level in [1024, 2048)
+    assert thumbnail_level([(3000, 2000), (1500, 1000), (750, 500)], 2000) == 1

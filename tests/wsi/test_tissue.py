@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +14,17 @@ from skimage.color import rgb2hsv
 from medcl.io.slides import open_slide
 from medcl.testing.slides import BACKGROUND, SyntheticTissue, write_pyramidal_tiff
 from medcl.wsi.tissue import (
+    PEN_COLORS,
     TissuePolygon,
     contours_to_geojson,
     detect_tissue,
     mask_to_polygons,
+    pen_mask,
     polygons_to_mask,
     read_geojson_polygons,
     rgb_to_hsv,
     signed_area,
+    simplify_polyline,
     write_geojson,
 )
 
@@ -189,3 +194,62 @@ def test_reads_qupath_multipolygon_export(tmp_path: Path) -> None:
     polys = read_geojson_polygons(path)
     assert [len(p.exterior) for p in polys] == [5, 4]
     assert isinstance(polys[0], TissuePolygon) and polys[0].holes == ()
+
+
+@pytest.mark.parametrize("tolerance", [0.5, 1.0, 2.5])
+def test_simplification_matches_skimage_approximate_polygon(tolerance: float) -> None:
+    from skimage.measure import approximate_polygon, find_contours
+
+    rng = np.random.default_rng(3)
+    rings = []
+    for seed in range(4):  # outlines of synthetic tissue, as the tiling job makes them
+        mask = SyntheticTissue(300, 400, seed=seed, n_blobs=6).mask(0, 0, 300, 400)
+        rings += find_contours(np.pad(mask, 1).astype(np.float32), 0.5, fully_connected="high")
+    blob = rng.random((60, 80)) > 0.45  # ragged noise: many ties and points at the tolerance
+    rings += find_contours(np.pad(blob, 1).astype(np.float32), 0.5)
+    walk = np.cumsum(rng.normal(size=(500, 2)), axis=0)  # an open line of arbitrary floats
+    rings.append(walk)
+    assert len(rings) > 20
+    for ring in rings:
+        np.testing.assert_array_equal(
+            simplify_polyline(ring, tolerance), approximate_polygon(ring, tolerance)
+        )
+    assert len(simplify_polyline(walk, tolerance)) < len(walk)
+    np.testing.assert_array_equal(simplify_polyline(walk, 0.0), walk)
+
+
+def test_contours_of_detected_tissue_need_no_scipy_signal() -> None:
+    code = (
+        "import sys\n"
+        "from medcl.testing.slides import synthetic_tissue_image\n"
+        "from medcl.wsi.tissue import detect_tissue\n"
+        "image, _ = synthetic_tissue_image(200, 300, seed=1)\n"
+        "assert detect_tissue(image, contour_tolerance=1.0).contours\n"
+        "heavy = sorted(m for m in ('scipy.signal', 'scipy.stats', 'torch') if m in sys.modules)\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "", out.stdout
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_level_tables_give_the_float_rules(seed: int) -> None:
+    from skimage.filters import threshold_otsu
+
+    from medcl.wsi.tissue import _hsv_levels, _otsu_of_levels, _pen_mask_levels
+
+    rng = np.random.default_rng(seed)
+    image, _ = SyntheticTissue(120, 160, seed=seed)(0, 0, 120, 160), None
+    noise = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    image = np.where(rng.random((120, 160, 1)) < 0.3, noise, image).astype(np.uint8)
+    hsv8 = _hsv_levels(image)
+    hsv = rgb_to_hsv(image)
+    np.testing.assert_array_equal(hsv8 / np.float32(255.0), hsv)
+    for colors in (PEN_COLORS, ("red",), ("black", "green")):
+        np.testing.assert_array_equal(_pen_mask_levels(hsv8, colors), pen_mask(hsv, colors))
+    sat = hsv[..., 1]
+    keep = rng.random(sat.shape) < 0.8
+    counts = np.bincount(hsv8[..., 1][keep], minlength=256)
+    assert _otsu_of_levels(counts) == pytest.approx(float(threshold_otsu(sat[keep])), abs=0)
