@@ -16,9 +16,10 @@ paper train):
   ``epochs=--epochs``, no validation set (so no early stopping), ``device="cpu"``; the whole
   call is timed (model construction included) and divided by the epochs, after an untimed
   warm-up call on 4 bags (both loops get one: first calls pay for allocations and kernels).
-  For ``ins`` the warm-up epochs (``warmup_epochs``) are set to 0, so the timed epochs carry
-  the pseudo-labelling, instance and contrastive losses. Names: ``mean``, ``abmil``, ``ins``, and
-  ``transmil`` / ``dsmil`` when registered (``--aggregators`` to choose).
+  For ``ins`` (trained over instance mini-batches of 64, :mod:`medcl.mil.ins_train`) the warm-up
+  is set to 0 epochs, so the timed epochs carry the PiCO updates and the instance contrast.
+  Names: ``mean``, ``abmil``, ``ins``, and ``transmil`` / ``dsmil`` when registered
+  (``--aggregators`` to choose).
 * ``reference abmil``: a plain PyTorch loop written here: gated attention MIL (Ilse et al. 2018:
   ``Linear(D, hidden) + ReLU``, then ``a = w^T (tanh(V h) * sigmoid(U h))`` with ``--attention``
   wide branches, softmax over the bag, attention pooling, linear classifier; medcl's defaults:
@@ -127,7 +128,6 @@ def medcl_epoch_s(bags: list[Any], name: str, epochs: int, seed: int) -> tuple[f
     """(seconds per epoch, parameter count) of ``fit_mil`` with aggregator ``name``."""
     from medcl.mil.train import MILTrainConfig, fit_mil
 
-    fields = MILTrainConfig.model_fields
     options: dict[str, Any] = {
         "aggregator": name,
         "epochs": epochs,
@@ -136,9 +136,11 @@ def medcl_epoch_s(bags: list[Any], name: str, epochs: int, seed: int) -> tuple[f
         "device": "cpu",
         "progress": False,
     }
-    options.update({k: 0 for k in fields if "warmup" in k})  # INS losses from the first epoch
+    # INS: its own schedule; no warm-up epoch, so the timed epochs carry the PiCO updates
+    options["ins"] = {"epochs": epochs, "warmup_epochs": 0}
     cfg = MILTrainConfig(**options)
-    fit_mil(bags[:4], None, cfg.model_copy(update={"epochs": 1}))  # warm-up, not timed
+    short = MILTrainConfig(**{**options, "epochs": 1, "ins": {"epochs": 1, "warmup_epochs": 0}})
+    fit_mil(bags[:4], None, short)  # warm-up, not timed
     start = time.perf_counter()
     result = fit_mil(bags, None, cfg)
     seconds = (time.perf_counter() - start) / epochs
