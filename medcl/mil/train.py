@@ -79,6 +79,11 @@ class MILTrainConfig(StrictModel):
     class_weighting: bool = True
     seed: int = 0
     device: str = "auto"
+    ckpt_every: int = Field(
+        default=0,
+        ge=0,
+        description="`medcl mil train`: step checkpoints every N steps (0: per epoch)",
+    )
     folds: int = Field(default=5, ge=1, description="CV folds by patient; 1: one train/val split")
     val_fraction: float = Field(
         default=0.2, ge=0, lt=1, description="bags (by patient) held out for early stopping"
