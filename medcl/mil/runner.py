@@ -146,6 +146,29 @@ def check_run_config(out: Path, cfg: MILTrainConfig) -> None:
         )
 
 
+def check_fold_count(
+    path: Path, bags: Sequence[Bag], class_names: Sequence[str], folds: int
+) -> None:
+    """Refuse more folds than patients, overall or of any class (a fold would miss the class).
+
+    Raises:
+        InvalidInputError: naming the manifest, the fold count and the short class.
+    """
+    n_patients = len({b.patient for b in bags})
+    if n_patients < folds:
+        raise InvalidInputError(
+            path, f"{folds} folds need at least {folds} patients, found {n_patients}"
+        )
+    for c, name in enumerate(class_names):
+        n = len({b.patient for b in bags if b.label == c})
+        if n < folds:
+            raise InvalidInputError(
+                path,
+                f"{folds} folds need at least {folds} patients of every class; "
+                f"class '{name}' has {n}",
+            )
+
+
 def _is_ins(cfg: MILTrainConfig) -> bool:
     return cfg.aggregator == "ins"
 
@@ -263,11 +286,7 @@ def _run(
         mean, std = summarise([single.metrics])
         cv = CVResult([single], mean, std)
     else:
-        n_patients = len({b.patient for b in bags})
-        if n_patients < cfg.folds:
-            raise InvalidInputError(
-                path, f"{cfg.folds} folds need at least {cfg.folds} patients, found {n_patients}"
-            )
+        check_fold_count(path, bags, class_names, cfg.folds)
         cv = cross_validate(
             bags, cfg, cfg.folds, cfg.seed, n_classes=n_classes, on_fold=on_fold,
             load_fold=load_fold, fit_fold=fit_fold,

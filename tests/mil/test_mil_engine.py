@@ -134,3 +134,44 @@ def test_two_processes_under_torchrun(tmp_path: Path, aggregator: str) -> None:
     again = _torchrun(args, tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((out / "summary.json").read_text()) == summary
+
+
+def test_bad_inputs_give_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import h5py
+    import numpy as np
+
+    from medcl.cli import main
+
+    manifest = _write_bags(tmp_path)
+    base = ["mil", "train", "--out", str(tmp_path / "o"), "--epochs", "1", "--device", "cpu"]
+
+    def fails(extra: list[str], *expected: str) -> None:
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("medcl: error:"), err
+        for text in expected:
+            assert text in err, err
+
+    # a label outside the class map
+    fails(["--bags", str(manifest), "--set", "class_names=[benign,other]"],
+          "manifest.csv", "labels ['tumour'] are not in class_names")  # fmt: skip
+    # a bag file without a features dataset
+    with h5py.File(tmp_path / "bags" / "nofeat.h5", "w") as f:
+        f.create_dataset("coords", data=np.zeros((2, 2), dtype=np.int64))
+    nofeat = tmp_path / "nofeat.csv"
+    nofeat.write_text("bag,label\nbags/nofeat.h5,a\nbags/slide0.h5,b\n")
+    fails(["--bags", str(nofeat)], "nofeat.h5", "no feature dataset")
+    # bags of different feature dimensions
+    with h5py.File(tmp_path / "bags" / "wide.h5", "w") as f:
+        f.create_dataset("features", data=np.zeros((3, 7), dtype=np.float32))
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text("bag,label\nbags/wide.h5,a\nbags/slide0.h5,b\n")
+    fails(["--bags", str(mixed)], "mixed.csv", "different feature sizes [4, 7]")
+    # more folds than patients of a class: 4 patients, only P0 and P1 keep their tumour bag
+    rows = manifest.read_text().splitlines()
+    short = tmp_path / "short.csv"
+    short.write_text("\n".join([rows[0], *rows[1:5], rows[5], rows[7]]) + "\n")
+    fails(["--bags", str(short), "--folds", "3"], "short.csv",
+          "3 folds need at least 3 patients of every class; class 'tumour' has 2")  # fmt: skip
