@@ -26,7 +26,8 @@ instance AUC and the pseudo-label accuracy are logged per epoch only).
 Named deviations from the reference code:
 
 * frozen features have no image augmentation: the two views of an instance are two dropout
-  masks (query network and key network in training mode), where the paper augments images;
+  masks (query network and key network in training mode), where the paper augments images (as
+  the end-to-end path does, :mod:`medcl.mil.ins_e2e`);
 * the reference's CAMELYON16 loader builds the post-warm-up candidate sets and the forced
   negatives from the *true patch labels*; we use only bag labels (the MIL setting of the paper);
 * its warm-up classifier loss sees only positive-bag instances (all with confidence 1/2); ours
@@ -40,7 +41,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -190,14 +191,16 @@ def ins_instance_step(
     warm: bool,
     phi: float,
     contrast: INSContrastiveLoss,
+    x_key: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """The loss of one instance mini-batch; updates ``state`` (prototypes, confidence, queue).
 
     Args:
-        x: ``(B, D)`` instance features; ``index``: ``(B,)`` their rows in the instance table;
-        candidates: ``(B, C)`` their candidate sets.
+        x: ``(B, D)`` instance features (the query view); ``index``: ``(B,)`` their rows in the
+            instance table; ``candidates``: ``(B, C)`` their candidate sets.
         warm: a warm-up step (initial confidences, MoCo contrast) or not.
         phi: the confidence moving-average coefficient of this epoch.
+        x_key: the key view (another augmentation of the same instances); ``x`` by default.
     """
     h = model.embed(x)
     logits = model.classifier(h)
@@ -209,7 +212,7 @@ def ins_instance_step(
     )
     with torch.no_grad():
         state.momentum_update_key(model)
-        k = _project(state.key, state.key.embed(x))
+        k = _project(state.key, state.key.embed(x if x_key is None else x_key))
     if not warm:
         proto_label = prototype_pseudo_labels(q.detach(), protos_before, candidates)
         state.confidence[index] = update_confidence(state.confidence[index], proto_label, phi)
@@ -282,8 +285,15 @@ def fit_ins(
     seed: int,
     bag_batch_size: int = 1,
     device: torch.device | None = None,
+    views: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None,
+    diagnose_train: bool = True,
 ) -> list[dict[str, float]]:
     """Train ``model`` (an ``ins`` aggregator) in place for ``opts.epochs``; the per-epoch log.
+
+    ``views`` maps a batch of instances to its query and key views (image augmentations in the
+    end-to-end path, :mod:`medcl.mil.ins_e2e`); without it both views are the instance itself.
+    ``diagnose_train=False`` skips scoring every training instance after each epoch (the
+    ``classifier_acc`` column; costly with an image encoder).
 
     Each row: the mean losses, ``pseudo_label_acc`` and ``classifier_acc`` (train instances of
     positive bags against their true labels, when known), ``val_auc``, ``val_instance_auc``.
@@ -312,8 +322,11 @@ def fit_ins(
             if len(idx) < 2:
                 continue
             x, cand = table.features[idx].to(device), table.candidates[idx].to(device)
+            x_key = None
+            if views is not None:
+                x, x_key = views(x)
             loss, parts = ins_instance_step(
-                model, state, x, idx, cand, warm=warm, phi=phi, contrast=contrast
+                model, state, x, idx, cand, warm=warm, phi=phi, contrast=contrast, x_key=x_key
             )
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -328,7 +341,7 @@ def fit_ins(
                 model, train, opt, opts.bag_loss_weight, bag_batch_size, rng, device
             )
         row["pseudo_label_acc"] = pseudo_label_accuracy(state.confidence, table)
-        row.update(_diagnostics(model, train, val, table))
+        row.update(_diagnostics(model, train if diagnose_train else [], val, table))
         history.append(row)
         log.info("ins epoch %d: %s", epoch, ", ".join(f"{k}={v:.4g}" for k, v in row.items()))
     model.eval()
@@ -343,11 +356,11 @@ def _diagnostics(
     table: InstanceTable,
 ) -> dict[str, float]:
     """Classifier accuracy on the train instances' true labels and the validation AUCs (logged)."""
-    preds = predict_bags(model, train, batch_size=8)
-    scores = torch.from_numpy(np.concatenate(preds.instance_scores)) if train else torch.zeros(0)
-    known = (table.true_labels >= 0) & (table.candidates[:, 1:].sum(dim=1) > 0)
     out: dict[str, float] = {"classifier_acc": math.nan}
-    if known.any():
+    known = (table.true_labels >= 0) & (table.candidates[:, 1:].sum(dim=1) > 0)
+    if train and known.any():
+        preds = predict_bags(model, train, batch_size=8)
+        scores = torch.from_numpy(np.concatenate(preds.instance_scores))
         truth = table.true_labels[known] > 0
         out["classifier_acc"] = float(((scores[known] >= 0.5) == truth).float().mean())
     if val:
