@@ -87,6 +87,9 @@ class INSOptions(StrictModel):
     confidence_momentum: tuple[float, float] = (0.95, 0.8)
     key_momentum: float = Field(default=0.999, ge=0, le=1)
     queue_size: int = Field(default=8192, ge=0)
+    log_train_accuracy: bool = Field(
+        default=True, description="score every train instance after each epoch (a diagnostic)"
+    )
 
 
 @dataclass
@@ -341,7 +344,8 @@ def fit_ins(
                 model, train, opt, opts.bag_loss_weight, bag_batch_size, rng, device
             )
         row["pseudo_label_acc"] = pseudo_label_accuracy(state.confidence, table)
-        row.update(_diagnostics(model, train if diagnose_train else [], val, table))
+        diagnose = diagnose_train and opts.log_train_accuracy
+        row.update(_diagnostics(model, train if diagnose else [], val, table))
         history.append(row)
         log.info("ins epoch %d: %s", epoch, ", ".join(f"{k}={v:.4g}" for k, v in row.items()))
     model.eval()
