@@ -184,22 +184,21 @@ def fit_mil(
     for epoch in bar:
         start = time.perf_counter()
         model.train()
-        sums: dict[str, float] = {}
+        loss_sum = torch.zeros((), device=device)
         order = rng.permutation(len(train))
         steps = 0
         for i in range(0, len(order), cfg.batch_size):
             batch = collate_bags([train[j] for j in order[i : i + cfg.batch_size]]).to(device)
             out = model(batch.features, batch.mask)
             loss = F.cross_entropy(out.logits, batch.labels, weight=weights)
-            parts = {"bag_loss": loss.item()}
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             steps += 1
-            for key, value in {"train_loss": loss.item(), **parts}.items():
-                sums[key] = sums.get(key, 0.0) + value
-        row: dict[str, float] = {"epoch": float(epoch)}
-        row.update({k: v / max(steps, 1) for k, v in sums.items()})
+            loss_sum += loss.detach()  # one .item() per epoch, not per step
+        mean_loss = float(loss_sum) / max(steps, 1)
+        row: dict[str, float] = {"epoch": float(epoch), "train_loss": mean_loss}
+        row["bag_loss"] = mean_loss
         if val:
             row.update(_validate(model, val, weights, cfg.batch_size))
         row["seconds"] = time.perf_counter() - start
