@@ -90,6 +90,10 @@ class MILHamEvalConfig(StrictModel):
     )
     train_per_aggregator: dict[str, dict[str, object]] = Field(default_factory=dict)
     e2e: E2EOptions = Field(default_factory=E2EOptions)
+    report_only: bool = Field(
+        default=False,
+        description="write the table from the rows already in results.csv; train nothing",
+    )
     out_dir: Path | None = None
 
 
@@ -123,6 +127,13 @@ def threshold_from_val(labels: np.ndarray, scores: np.ndarray) -> float:
         if acc > best + 1e-12:
             best, best_t = acc, float(t)
     return best_t
+
+
+def row_encoder(cfg: MILHamEvalConfig, encoder: str, row: str) -> str:
+    """The features a row ran on: the frozen encoder, or INS e2e's own trained encoder."""
+    if row == "ins_e2e":
+        return f"{cfg.e2e.encoder} trained at {cfg.e2e.image_size} px"
+    return encoder
 
 
 def _score(
@@ -214,7 +225,7 @@ def run_one(
         vp, tp = predict_bags(model, val, 8), predict_bags(model, test, 8)
         val_s, test_s, test_inst = vp.bag_scores, tp.bag_scores, list(tp.instance_scores)
     bag_auc, inst_auc, bacc, t = _score(val, test, val_s, test_s, test_inst)
-    return MILRow(encoder, row, seed, bag_auc, inst_auc, bacc, t, best_epoch)
+    return MILRow(row_encoder(cfg, encoder, row), row, seed, bag_auc, inst_auc, bacc, t, best_epoch)
 
 
 def _fit_e2e(
@@ -287,6 +298,9 @@ def run_mil_ham_eval(
         for rec in pd.read_csv(done_path).to_dict(orient="records"):
             r = MILRow(**{k: rec[k] for k in names})
             done[(r.encoder, r.row, int(r.seed))] = r
+    if cfg.report_only:
+        shown = {row_encoder(cfg, e, r) for e in cfg.encoders for r in cfg.rows}
+        return _report(cfg, out, [v for k, v in done.items() if k[0] in shown], readme)
     images = None
     if "ins_e2e" in cfg.rows:
         size = cfg.e2e.image_size
@@ -302,7 +316,9 @@ def run_mil_ham_eval(
             )
             for seed in cfg.seeds:
                 for name in cfg.rows:
-                    key = (encoder, name, seed)
+                    if name == "ins_e2e" and encoder != cfg.encoders[0]:
+                        continue  # its features are its own: run once
+                    key = (row_encoder(cfg, encoder, name), name, seed)
                     if key not in done:
                         done[key] = run_one(
                             cfg, encoder, name, seed, feats, labels, groups, images, out / "curves"
@@ -315,6 +331,15 @@ def run_mil_ham_eval(
                     rows.append(done[key])
     finally:
         torch.set_num_threads(threads)
+    return _report(cfg, out, rows, readme)
+
+
+def _report(
+    cfg: MILHamEvalConfig, out: Path, rows: list[MILRow], readme: Path | None
+) -> tuple[list[MILRow], str]:
+    pairs = [(row_encoder(cfg, e, r), r) for e in cfg.encoders for r in ROWS]
+    order = {pair: i for i, pair in enumerate(pairs)}
+    rows = sorted(rows, key=lambda r: (order.get((r.encoder, r.row), len(order)), r.seed))
     text = table(rows)
     (out / "results.md").write_text(text)
     if readme is not None:
@@ -322,7 +347,8 @@ def run_mil_ham_eval(
         note = (
             f"Produced by `medcl eval mil-ham` (seeds {cfg.seeds}; frozen features of "
             f"{', '.join(f'`{e}`' for e in cfg.encoders)} at {cfg.image_size} px; INS end to end: "
-            f"`{cfg.e2e.encoder}` trained on {cfg.e2e.image_size} px images): "
+            f"`{cfg.e2e.encoder}` trained on {cfg.e2e.image_size} px images for "
+            f"{cfg.e2e.ins.get('epochs', 40)} epochs): "
             f"{b.n_train}/{b.n_val}/{b.n_test} train/val/test bags of {b.bag_size[0]}-"
             f"{b.bag_size[1]} images, positive iff a melanoma is inside, witness rate "
             f"{b.witness_rate[0]:.0%}-{b.witness_rate[1]:.0%}, lesions never in two splits; "
