@@ -222,6 +222,7 @@ def run_one(
                 curves.mkdir(parents=True, exist_ok=True)
                 path = curves / f"{slug(encoder)}_{row}_seed{seed}.json"
                 path.write_text(json.dumps(history, indent=1).replace("NaN", "null"))
+                plot_curves(history, path.with_suffix(".png"), f"{row} on {encoder}, seed {seed}")
         vp, tp = predict_bags(model, val, 8), predict_bags(model, test, 8)
         val_s, test_s, test_inst = vp.bag_scores, tp.bag_scores, list(tp.instance_scores)
     bag_auc, inst_auc, bacc, t = _score(val, test, val_s, test_s, test_inst)
@@ -244,6 +245,28 @@ def _fit_e2e(
         views=augment_views(cfg.e2e.image_size, seed), diagnose_train=False,
     )  # fmt: skip
     return model, history
+
+
+def plot_curves(history: list[dict[str, float]], path: Path, title: str) -> None:
+    """INS per epoch: pseudo-label accuracy (against the true instance labels; a diagnostic),
+    validation bag and instance AUC, and the confidence coefficient phi."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    epochs = [r["epoch"] for r in history]
+    for key in ("pseudo_label_acc", "val_auc", "val_instance_auc", "phi"):
+        values = [r.get(key, math.nan) for r in history]
+        ax.plot(epochs, values, marker=".", label=key.replace("_", " "))
+    ax.set_xlabel("epoch")
+    ax.set_ylim(0.0, 1.0)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def interval(values: pd.Series) -> tuple[float, float]:

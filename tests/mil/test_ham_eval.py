@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -45,7 +47,7 @@ def _data(n: int = 900, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 
 @pytest.mark.parametrize("row", ["mean", "ins", "oracle"])
-def test_rows_learn_the_synthetic_witnesses(row: str) -> None:
+def test_rows_learn_the_synthetic_witnesses(row: str, tmp_path: Path) -> None:
     torch.set_num_threads(1)
     feats, labels, groups = _data()
     cfg = MILHamEvalConfig.model_validate(
@@ -58,11 +60,15 @@ def test_rows_learn_the_synthetic_witnesses(row: str) -> None:
                                                      "batch_size": 32, "queue_size": 512}}},
         }
     )  # fmt: skip
-    r = run_one(cfg, "synthetic", row, 0, feats, labels, groups)
+    r = run_one(cfg, "synthetic", row, 0, feats, labels, groups, curves=tmp_path)
     assert r.instance_auc > 0.9 and r.bag_auc > 0.7, r
     assert 0.5 <= r.bag_balanced_accuracy <= 1.0
     if row == "ins":
         assert r.best_epoch == 7  # the last epoch of the fixed schedule
+        # the per-epoch curves: pseudo-label accuracy against the true instance labels
+        history = json.loads((tmp_path / "synthetic_ins_seed0.json").read_text())
+        assert len(history) == 8 and 0 <= history[-1]["pseudo_label_acc"] <= 1
+        assert (tmp_path / "synthetic_ins_seed0.png").is_file()
 
 
 def test_table_has_one_line_per_encoder_and_row() -> None:
