@@ -16,18 +16,21 @@ paper train):
   ``epochs=--epochs``, no validation set (so no early stopping), ``device="cpu"``; the whole
   call is timed (model construction included) and divided by the epochs, after an untimed
   warm-up call on 4 bags (both loops get one: first calls pay for allocations and kernels).
-  For ``ins`` the warm-up epochs (``warmup_epochs``) are set to 0, so the timed epochs carry
-  the pseudo-labelling, instance and contrastive losses. Names: ``mean``, ``abmil``, ``ins``, and
-  ``transmil`` / ``dsmil`` when registered (``--aggregators`` to choose).
+  For ``ins`` (trained over instance mini-batches of 64, :mod:`medcl.mil.ins_train`) the warm-up
+  is set to 0 epochs, so the timed epochs carry the PiCO updates and the instance contrast.
+  Names: ``mean``, ``abmil``, ``ins``, and ``transmil`` / ``dsmil`` when registered
+  (``--aggregators`` to choose).
 * ``reference abmil``: a plain PyTorch loop written here: gated attention MIL (Ilse et al. 2018:
   ``Linear(D, hidden) + ReLU``, then ``a = w^T (tanh(V h) * sigmoid(U h))`` with ``--attention``
   wide branches, softmax over the bag, attention pooling, linear classifier; medcl's defaults:
-  128 and 64), AdamW, cross-entropy, shuffled bags, nothing else.
-  The ceiling for ``medcl abmil`` (which also collates each bag with a mask, weights the
-  classes, has dropout and logs each epoch).
+  128 and 64) with the same dropout as medcl's ``abmil`` (``--dropout``, 0.1, after the instance
+  embedding and on both attention branches), AdamW, cross-entropy, shuffled bags, nothing else.
+  The ceiling for ``medcl abmil`` (which also masks the bag, weights the classes and logs).
 
-Printed: seconds per epoch, bags/s and the model's parameter count. The reference runs first
-and again last: the difference between its two rows is how much the machine's load drifted.
+The reference and ``medcl abmil`` alternate for ``--rounds`` rounds (interleaved, so both see
+the same load drift of a shared machine); their medians and the per-round ratio are printed.
+Printed: seconds per epoch, bags/s and the model's parameter count; ``--profile`` adds a
+cProfile of one ``medcl abmil`` epoch (top 15 functions by own time).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import statistics
 import time
 from typing import Any
 
@@ -56,6 +60,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention", type=int, default=64, help="reference: attention branch width")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rounds", type=int, default=3, help="alternating reference/medcl rounds")
+    p.add_argument("--dropout", type=float, default=0.1, help="reference dropout (medcl's)")
+    p.add_argument("--profile", action="store_true", help="cProfile one medcl abmil epoch")
     return p
 
 
@@ -83,29 +90,34 @@ def synthetic_bags(n_bags: int, n_inst: int, dim: int, witness: float, seed: int
 
 
 class GatedAttentionMIL(nn.Module):
-    """Reference gated attention MIL (Ilse et al. 2018) for one bag ``(N, D) -> (1, C)``."""
+    """Reference gated attention MIL (Ilse et al. 2018) for one bag ``(N, D) -> (1, C)``, with
+    dropout where medcl's ``abmil`` has it (instance embedding, both attention branches)."""
 
-    def __init__(self, dim: int, hidden: int, attention: int, n_classes: int = 2) -> None:
+    def __init__(
+        self, dim: int, hidden: int, attention: int, n_classes: int = 2, dropout: float = 0.1
+    ) -> None:
         super().__init__()
-        self.fc = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU())
+        self.fc = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout))
         self.v = nn.Linear(hidden, attention)
         self.u = nn.Linear(hidden, attention)
+        self.drop = nn.Dropout(dropout)
         self.w = nn.Linear(attention, 1)
         self.classifier = nn.Linear(hidden, n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc(x)  # (N, hidden)
-        a = self.w(torch.tanh(self.v(h)) * torch.sigmoid(self.u(h)))  # (N, 1)
+        gate = self.drop(torch.tanh(self.v(h))) * self.drop(torch.sigmoid(self.u(h)))
+        a = self.w(gate)  # (N, 1)
         a = torch.softmax(a, dim=0)
         return self.classifier((a * h).sum(dim=0, keepdim=True))  # (1, C)
 
 
 def reference_epoch_s(
-    bags: list[Any], hidden: int, attention: int, epochs: int, seed: int
+    bags: list[Any], hidden: int, attention: int, epochs: int, seed: int, dropout: float = 0.1
 ) -> tuple[float, int]:
     """(seconds per epoch, parameter count) of the plain loop over ``bags``."""
     torch.manual_seed(seed)
-    model = GatedAttentionMIL(bags[0].features.shape[1], hidden, attention)
+    model = GatedAttentionMIL(bags[0].features.shape[1], hidden, attention, dropout=dropout)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-4, weight_decay=1e-4)
     loss_fn = nn.CrossEntropyLoss()
     labels = [torch.tensor([b.label]) for b in bags]
@@ -127,7 +139,6 @@ def medcl_epoch_s(bags: list[Any], name: str, epochs: int, seed: int) -> tuple[f
     """(seconds per epoch, parameter count) of ``fit_mil`` with aggregator ``name``."""
     from medcl.mil.train import MILTrainConfig, fit_mil
 
-    fields = MILTrainConfig.model_fields
     options: dict[str, Any] = {
         "aggregator": name,
         "epochs": epochs,
@@ -136,9 +147,11 @@ def medcl_epoch_s(bags: list[Any], name: str, epochs: int, seed: int) -> tuple[f
         "device": "cpu",
         "progress": False,
     }
-    options.update({k: 0 for k in fields if "warmup" in k})  # INS losses from the first epoch
+    # INS: its own schedule; no warm-up epoch, so the timed epochs carry the PiCO updates
+    options["ins"] = {"epochs": epochs, "warmup_epochs": 0}
     cfg = MILTrainConfig(**options)
-    fit_mil(bags[:4], None, cfg.model_copy(update={"epochs": 1}))  # warm-up, not timed
+    short = MILTrainConfig(**{**options, "epochs": 1, "ins": {"epochs": 1, "warmup_epochs": 0}})
+    fit_mil(bags[:4], None, short)  # warm-up, not timed
     start = time.perf_counter()
     result = fit_mil(bags, None, cfg)
     seconds = (time.perf_counter() - start) / epochs
@@ -164,22 +177,49 @@ def main(argv: list[str] | None = None) -> None:
         time.perf_counter() - start, args.epochs, torch.get_num_threads(), os.cpu_count() or 0,
         os.getloadavg()[0],
     )  # fmt: skip
-    rows = [
-        (
-            "reference abmil (plain loop)",
-            *reference_epoch_s(bags, args.hidden, args.attention, args.epochs, args.seed),
+    # reference and medcl abmil alternate for --rounds rounds (the median of each is shown,
+    # with the per-round ratio): a shared machine's load drifts, alternating sees the same drift
+    ref_times: list[float] = []
+    abmil_times: list[float] = []
+    params: dict[str, int] = {}
+    for _ in range(args.rounds):
+        seconds, params["reference"] = reference_epoch_s(
+            bags, args.hidden, args.attention, args.epochs, args.seed, args.dropout
         )
-    ]
+        ref_times.append(seconds)
+        seconds, params["abmil"] = medcl_epoch_s(bags, "abmil", args.epochs, args.seed)
+        abmil_times.append(seconds)
+    ratios = [m / r for m, r in zip(abmil_times, ref_times, strict=True)]
+    logger.info("medcl abmil / reference per round: %s", ", ".join(f"{x:.3f}" for x in ratios))
+    rows = [
+        (f"reference abmil (median of {args.rounds})", statistics.median(ref_times),
+         params["reference"]),
+        (f"medcl abmil (median of {args.rounds})", statistics.median(abmil_times), params["abmil"]),
+    ]  # fmt: skip
     for name in names:
-        rows.append((f"medcl {name}", *medcl_epoch_s(bags, name, args.epochs, args.seed)))
-    again = reference_epoch_s(bags, args.hidden, args.attention, args.epochs, args.seed)
-    rows.append(("reference abmil (again, last)", *again))  # drift of a shared machine
+        if name != "abmil":
+            rows.append((f"medcl {name}", *medcl_epoch_s(bags, name, args.epochs, args.seed)))
     logger.info("load average %.2f (1 min) at the end", os.getloadavg()[0])
     header = f"{'training loop':30} {'s/epoch':>8} {'bags/s':>8} {'params':>9}"
     lines = [header, "-" * len(header)]
     for label, seconds, params in rows:
         lines.append(f"{label:30} {seconds:8.2f} {len(bags) / seconds:8.1f} {params:9d}")
+    lines.append(f"medcl abmil / reference: median ratio {statistics.median(ratios):.3f}")
     print("\n".join(lines))
+    if args.profile:
+        profile_abmil(bags, args.epochs, args.seed)
+
+
+def profile_abmil(bags: list[Any], epochs: int, seed: int) -> None:
+    """Where medcl's abmil epoch spends its time: cProfile, top 15 by own time."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    medcl_epoch_s(bags, "abmil", epochs, seed)
+    prof.disable()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(15)
 
 
 if __name__ == "__main__":

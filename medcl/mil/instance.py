@@ -1,13 +1,20 @@
 """Instance-classifier aggregators: ``mean``, ``max`` and ``ins``.
 
-Each instance gets class logits from a small classifier; the bag logits pool the instance
-logits. ``mean`` averages all of them (with a linear classifier this is the classifier of the
-mean-pooled features); ``max`` and ``ins`` average the logits of the ``top_k`` instances with the
-highest positive-class probability (``top_k=1``: the bag is classified as its most suspicious
-tile, the MI-Net / max-pooling rule). ``ins`` adds a projection head for the instance-level
-contrastive loss of INS (Qu et al., "Rethinking Multiple Instance Learning for Whole Slide Image
-Classification: A Good Instance Classifier is All You Need", 2023); its training losses live in
-:mod:`medcl.losses.ins` and :mod:`medcl.mil.train`.
+Each instance gets class logits from a small classifier; the bag pools them (``pooling``):
+
+* ``"mean_prob"``: the bag's class probabilities are the mean of the instance probabilities
+  (the bag logits returned are their logarithm, so ``softmax(logits)`` gives them back). This is
+  how the INS paper and its reference code score a bag, and the default of ``ins``.
+* ``"mean"``: the mean of the instance logits (with a linear classifier, the classifier of the
+  mean-pooled features); the ``mean`` aggregator.
+* ``"topk"``: the mean logits of the ``top_k`` instances of highest positive-class probability
+  (``top_k=1``: the bag is its most suspicious tile, the MI-Net / max-pooling rule); the ``max``
+  aggregator, and an option of ``ins`` (not the paper's bag score).
+
+``ins`` adds a projection head for the instance contrast of INS (Qu et al., "Rethinking Multiple
+Instance Learning for Whole Slide Image Classification: A Good Instance Classifier is All You
+Need", 2023); it is trained by :mod:`medcl.mil.ins_train` with the rules of
+:mod:`medcl.losses.ins`.
 
 Empty bags (no real instance) get the classifier's bias as logits and no instance score, so they
 never produce NaN.
@@ -30,7 +37,8 @@ from medcl.mil.base import (
     positive_probability,
 )
 
-Pooling = Literal["mean", "topk"]
+Pooling = Literal["mean_prob", "mean", "topk"]
+POOLINGS = ("mean_prob", "mean", "topk")
 
 
 class InstanceOutputs(NamedTuple):
@@ -57,8 +65,9 @@ class InstanceAggregator(MILAggregator):
         n_classes: classes (class 0 is the negative class of the positive-class score).
         hidden_dim: width of the ``Linear -> ReLU -> Dropout`` instance embedding.
         dropout: dropout of that embedding.
-        pooling: ``"mean"`` of all instance logits, or ``"topk"``: mean of the logits of the
-            ``top_k`` instances of highest positive-class probability.
+        pooling: ``"mean_prob"`` (log of the mean instance probabilities), ``"mean"`` of the
+            instance logits, or ``"topk"``: mean of the logits of the ``top_k`` instances of
+            highest positive-class probability.
         top_k: instances pooled by ``"topk"`` (fewer when the bag is smaller).
         proj_dim: output size of a projection head (``Linear -> ReLU -> Linear``) for the
             instance contrastive loss; 0 for none.
@@ -80,8 +89,8 @@ class InstanceAggregator(MILAggregator):
         proj_dim: int = 0,
     ) -> None:
         super().__init__(in_dim, n_classes)
-        if pooling not in ("mean", "topk"):
-            raise ValueError(f"pooling must be 'mean' or 'topk', got {pooling!r}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         self.pooling = pooling
@@ -100,7 +109,11 @@ class InstanceAggregator(MILAggregator):
         bias = self.classifier.bias.expand(b, c)
         if n == 0:
             return bias
-        if self.pooling == "mean":
+        if self.pooling == "mean_prob":
+            probs = torch.softmax(instance_logits, dim=-1)
+            tiny = torch.finfo(probs.dtype).tiny
+            pooled = masked_mean(probs, mask).clamp_min(tiny).log()
+        elif self.pooling == "mean":
             pooled = masked_mean(instance_logits, mask)
         else:
             k = min(self.top_k, n)
@@ -150,10 +163,14 @@ def build_ins(
     hidden_dim: int = 128,
     dropout: float = 0.1,
     top_k: int = 1,
-    proj_dim: int = 64,
-    pooling: Pooling = "topk",
+    proj_dim: int = 128,
+    pooling: Pooling = "mean_prob",
 ) -> InstanceAggregator:
-    """INS: the instance classifier with top-k pooling and a contrastive projection head."""
+    """INS: the instance classifier with a contrastive projection head.
+
+    The bag score is the mean of the instance probabilities (``pooling="mean_prob"``, the
+    paper's); ``"topk"`` / ``"mean"`` are other poolings, not the paper's.
+    """
     return InstanceAggregator(
         in_dim, n_classes, hidden_dim, dropout, pooling=pooling, top_k=top_k, proj_dim=proj_dim
     )

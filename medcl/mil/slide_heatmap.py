@@ -5,8 +5,15 @@ slide's feature bag (:func:`medcl.mil.train.predict_bags`: instance probabilitie
 ``ins``/``max``/``mean``, attention weights for ``abmil``/``transmil``/...), and writes into
 ``out_dir``::
 
-    <stem>_heatmap.png     thumbnail with the normalised tile scores blended in (+ title, bar)
+    <stem>_heatmap.png     thumbnail with the tile scores blended in, title and a colour bar
+                           naming the score and its range
     <stem>_heatmap_layer.png  the scores alone as an RGBA layer at thumbnail size (viewers blend it)
+    <stem>_colorbar.png    the colour bar of the layer, to show beside it
+
+The score is named for what it is: ``"instance probability"`` for instance classifiers (INS, max,
+mean; shown raw, 0-1, by default: the probability means the same on every slide) and
+``"attention (rank-normalised)"`` for attention models (ABMIL, TransMIL; attention weights sum
+to one over a bag, so their raw size depends on the number of tiles: ranks by default).
     <stem>_tiles.geojson   one QuPath tile per instance with its raw score
     top_tiles/             the top-k (and bottom-k) tiles read from the slide + top_tiles.csv
     scores.h5              coords (N, 2) int64, scores (N,) raw, scores_normalised (N,)
@@ -30,10 +37,14 @@ from medcl.errors import InvalidInputError
 from medcl.io.slides import Slide, open_slide
 from medcl.mil.geojson import tiles_to_geojson, write_geojson
 from medcl.mil.heatmap import (
+    DEFAULT_CMAP,
     blend_heatmap,
+    colorbar_ticks,
     heatmap_rgba,
     normalise_scores,
+    save_colorbar_png,
     save_heatmap_png,
+    score_label,
     tile_score_map,
 )
 from medcl.mil.top_tiles import save_top_tiles
@@ -52,8 +63,10 @@ class HeatmapConfig(StrictModel):
     top_k: int = Field(default=8, ge=0, description="highest-scoring tiles saved as PNG")
     bottom_k: int = Field(default=0, ge=0, description="lowest-scoring tiles saved as PNG")
     thumbnail_size: int = Field(default=1024, ge=16, description="longer side of the heatmap")
-    cmap: str = "jet"
-    normalise: Literal["rank", "minmax", "none"] = "rank"
+    cmap: str = Field(default=DEFAULT_CMAP, description="viridis, magma, cividis... (uniform)")
+    normalise: Literal["auto", "rank", "minmax", "none"] = Field(
+        default="auto", description="auto: raw probabilities, ranks of attention"
+    )
     colorbar: bool = True
     title: bool = True
     object_type: Literal["tile", "detection"] = "tile"
@@ -67,7 +80,9 @@ class HeatmapConfig(StrictModel):
         import matplotlib
 
         if value not in matplotlib.colormaps:
-            raise ValueError(f"unknown colour map {value!r} (any matplotlib name: jet, viridis...)")
+            raise ValueError(
+                f"unknown colour map {value!r} (any matplotlib name: viridis, magma...)"
+            )
         return value
 
 
@@ -185,10 +200,15 @@ def run_slide_heatmap(
         raw = np.asarray(preds.instance_scores[0], dtype=np.float64).reshape(-1)
         if len(raw) != len(coords):
             raise RuntimeError(f"model gave {len(raw)} instance scores for {len(coords)} tiles")
-        shown = normalise_scores(raw, cfg.normalise)
+        normalise = cfg.normalise
+        if normalise == "auto":
+            normalise = "none" if kind == "instance_probability" else "rank"
+        shown = normalise_scores(raw, normalise)
         vmin, vmax = 0.0, 1.0
-        if cfg.normalise == "none" and kind == "attention" and np.ptp(raw) > 0:
+        if normalise == "none" and kind == "attention" and np.ptp(raw) > 0:
             vmin, vmax = float(raw.min()), float(raw.max())
+        label = score_label(kind, normalise)
+        ticks = colorbar_ticks(normalise, vmin, vmax)
 
         thumb = slide.thumbnail(cfg.thumbnail_size)
         score_map = tile_score_map(coords, shown, size0, slide.dimensions, thumb.shape[:2])
@@ -199,7 +219,7 @@ def run_slide_heatmap(
         )
         predicted = names[int(probs.argmax())]
         bag_score = float(preds.bag_scores[0])
-        title = f"{stem}\n{predicted} p={probs.max():.3f} | {aggregator} {kind.replace('_', ' ')}"
+        title = f"{stem}\n{predicted} p={probs.max():.3f} | {aggregator}: {label}"
         heatmap_png = save_heatmap_png(
             out / f"{stem}_heatmap.png",
             blended,
@@ -208,8 +228,13 @@ def run_slide_heatmap(
             cmap=cfg.cmap,
             vmin=vmin,
             vmax=vmax,
-            colorbar_label=f"{kind.replace('_', ' ')} ({cfg.normalise})",
+            colorbar_label=label,
+            colorbar_ticks=ticks,
         )
+        colorbar_png = save_colorbar_png(
+            out / f"{stem}_colorbar.png", cmap=cfg.cmap, vmin=vmin, vmax=vmax, label=label,
+            ticks=ticks,
+        )  # fmt: skip
         layer_png = out / f"{stem}_heatmap_layer.png"
         Image.fromarray(heatmap_rgba(score_map, cfg.cmap, vmin=vmin, vmax=vmax), "RGBA").save(
             layer_png
@@ -239,7 +264,8 @@ def run_slide_heatmap(
         ds.attrs.update({"patch_size_level0": size0, "patch_level": level, "read_size": read_size})
         f.create_dataset("scores", data=raw.astype(np.float32))
         f.create_dataset("scores_normalised", data=shown.astype(np.float32))
-        f.attrs.update({"score_kind": kind, "normalise": cfg.normalise, "bag_score": bag_score})
+        f.attrs.update({"score_kind": kind, "normalise": normalise, "bag_score": bag_score})
+        f.attrs.update({"score_label": label, "cmap": cfg.cmap})
         f.attrs.update({"aggregator": aggregator, "slide": Path(slide_path).name})
     prediction: dict[str, Any] = {
         "slide": str(slide_path),
@@ -252,11 +278,15 @@ def run_slide_heatmap(
         "bag_score": bag_score,
         "n_tiles": len(coords),
         "score_kind": kind,
-        "normalise": cfg.normalise,
+        "score_label": label,
+        "normalise": normalise,
+        "cmap": cfg.cmap,
+        "colour_range": [vmin, vmax],
         "patch_size_level0": size0,
         "outputs": {
             "heatmap": heatmap_png.name,
             "heatmap_layer": layer_png.name,
+            "colorbar": colorbar_png.name,
             "geojson": geojson.name,
             "top_tiles": [str(r["file"]) for r in top],
             "scores": scores_h5.name,

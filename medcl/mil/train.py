@@ -1,11 +1,13 @@
 """Training MIL aggregators on bags: :func:`fit_mil`, with INS instance losses for ``ins``.
 
-Per step (``batch_size`` bags padded together): the class-weighted bag cross-entropy; for the
-``ins`` aggregator also the INS instance losses (Qu et al. 2023, :mod:`medcl.losses.ins`):
-pseudo-labels from the bag labels, the instance scores and momentum prototypes (only the top
-instance of positive bags during ``warmup_epochs``), an instance cross-entropy weighted by
-``ins_weight`` and an instance supervised contrastive loss weighted by ``contrast_weight``.
-AdamW; early stopping on the validation loss or AUC with ``patience``, best weights kept.
+Bag aggregators (``mean``, ``max``, ``abmil``, ``transmil``): per step ``batch_size`` bags padded
+together and the class-weighted bag cross-entropy; AdamW; early stopping on the validation loss
+or AUC with ``patience``, the best epoch's weights kept.
+
+``ins`` is trained as the INS paper (:mod:`medcl.mil.ins_train`): over instance mini-batches
+with PiCO confidences, prototypes and the instance contrast, the bag loss in the warm-up only,
+for the fixed schedule ``cfg.ins`` (epochs, SGD); **the last epoch is kept** (no selection on
+validation data; ``monitor`` and ``patience`` do not apply, validation metrics are logged).
 
 Scoring, metrics, checkpoints and cross-validation are re-exported here:
 :func:`predict_bags`, :func:`mil_metrics`, :func:`save_mil_model`, :func:`load_mil_model`,
@@ -33,16 +35,11 @@ from tqdm.auto import tqdm
 from medcl.config import StrictModel
 from medcl.engine.distributed import resolve_device
 from medcl.engine.seed import seed_everything
-from medcl.losses.ins import (
-    InstanceClassificationLoss,
-    InstanceContrastiveLoss,
-    ins_pseudo_labels,
-    update_prototypes,
-)
 from medcl.mil.aggregators import MILAggregator, create_aggregator
 from medcl.mil.checkpoint import load_mil_model, save_mil_model
-from medcl.mil.data import Bag, BagBatch, collate_bags, infer_n_classes
+from medcl.mil.data import Bag, collate_bags, infer_n_classes
 from medcl.mil.folds import CVResult, FoldResult, cross_validate, patient_folds
+from medcl.mil.ins_train import INSOptions, fit_ins
 from medcl.mil.instance import InstanceAggregator
 from medcl.mil.predict import BagPredictions, bag_auc, mil_metrics, predict_bags
 
@@ -82,18 +79,19 @@ class MILTrainConfig(StrictModel):
     class_weighting: bool = True
     seed: int = 0
     device: str = "auto"
+    ckpt_every: int = Field(
+        default=0,
+        ge=0,
+        description="`medcl mil train`: step checkpoints every N steps (0: per epoch)",
+    )
     folds: int = Field(default=5, ge=1, description="CV folds by patient; 1: one train/val split")
     val_fraction: float = Field(
         default=0.2, ge=0, lt=1, description="bags (by patient) held out for early stopping"
     )
-    # INS options (aggregator "ins")
-    ins_weight: float = Field(default=1.0, ge=0, description="instance cross-entropy weight")
-    contrast_weight: float = Field(default=0.5, ge=0, description="instance contrast weight")
-    contrast_temperature: float = Field(default=0.1, gt=0)
-    contrast_max_instances: int = Field(default=512, ge=0)
-    prototype_momentum: float = Field(default=0.9, ge=0, lt=1)
-    pseudo_label_threshold: float = Field(default=0.5, ge=0, le=1)
-    warmup_epochs: int = Field(default=2, ge=0, description="epochs without prototype labels")
+    ins: INSOptions = Field(
+        default_factory=INSOptions,
+        description="aggregator 'ins': its own fixed schedule (epochs, lr, ...); see ins_train",
+    )
     progress: bool = True
 
 
@@ -123,46 +121,6 @@ def _n_classes(bags: Sequence[Bag], cfg: MILTrainConfig, n_classes: int | None) 
     if bad:
         raise ValueError(f"bag labels {bad} are outside 0..{n_classes - 1}")
     return n_classes
-
-
-class _INSState:
-    """INS losses and prototypes during training."""
-
-    def __init__(self, cfg: MILTrainConfig, n_classes: int) -> None:
-        self.cfg = cfg
-        self.n_classes = n_classes
-        self.prototypes: Tensor | None = None
-        self.cls_loss = InstanceClassificationLoss()
-        self.con_loss = InstanceContrastiveLoss(
-            cfg.contrast_temperature, cfg.contrast_max_instances
-        )
-
-    def losses(
-        self, model: InstanceAggregator, batch: BagBatch, weights: Tensor, epoch: int
-    ) -> tuple[Tensor, dict[str, float]]:
-        out = model.forward_instances(batch.features, batch.mask)
-        assert out.embeddings is not None
-        bag_loss = F.cross_entropy(out.logits, batch.labels, weight=weights)
-        warm = epoch < self.cfg.warmup_epochs
-        pseudo = ins_pseudo_labels(
-            out.instance_scores, batch.mask, batch.labels, out.embeddings, self.prototypes,
-            self.cfg.pseudo_label_threshold, mode="top" if warm else "prototype",
-        )  # fmt: skip
-        if warm:  # every instance of a positive bag counts as positive for the classifier
-            inherited = ins_pseudo_labels(
-                out.instance_scores, batch.mask, batch.labels, mode="inherit"
-            )
-            inst = self.cls_loss(out.instance_logits, inherited)
-        else:
-            inst = self.cls_loss(out.instance_logits, pseudo)
-        con = self.con_loss(out.embeddings, pseudo)
-        self.prototypes = update_prototypes(
-            self.prototypes, out.embeddings.detach(), pseudo, self.n_classes,
-            self.cfg.prototype_momentum,
-        )  # fmt: skip
-        total = bag_loss + self.cfg.ins_weight * inst + self.cfg.contrast_weight * con
-        parts = {"bag_loss": bag_loss.item(), "ins_loss": inst.item(), "contrast_loss": con.item()}
-        return total, parts
 
 
 @torch.no_grad()
@@ -213,9 +171,12 @@ def fit_mil(
         if cfg.class_weighting
         else torch.ones(n_classes)
     ).to(device)
-    ins = None
     if isinstance(model, InstanceAggregator) and model.projector is not None:
-        ins = _INSState(cfg, n_classes)
+        rows = fit_ins(
+            model, train, val, cfg.ins, n_classes=n_classes, seed=cfg.seed,
+            bag_batch_size=cfg.batch_size, device=device,
+        )  # fmt: skip
+        return FitResult(model, rows, len(rows) - 1, weights.cpu().tolist())
     history: list[dict[str, float]] = []
     best_value, best_epoch, best_state, stale = -math.inf, 0, None, 0
     show = cfg.progress and sys.stderr.isatty()
@@ -223,26 +184,21 @@ def fit_mil(
     for epoch in bar:
         start = time.perf_counter()
         model.train()
-        sums: dict[str, float] = {}
+        loss_sum = torch.zeros((), device=device)
         order = rng.permutation(len(train))
         steps = 0
         for i in range(0, len(order), cfg.batch_size):
             batch = collate_bags([train[j] for j in order[i : i + cfg.batch_size]]).to(device)
-            if ins is not None:
-                assert isinstance(model, InstanceAggregator)
-                loss, parts = ins.losses(model, batch, weights, epoch)
-            else:
-                out = model(batch.features, batch.mask)
-                loss = F.cross_entropy(out.logits, batch.labels, weight=weights)
-                parts = {"bag_loss": loss.item()}
+            out = model(batch.features, batch.mask)
+            loss = F.cross_entropy(out.logits, batch.labels, weight=weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             steps += 1
-            for key, value in {"train_loss": loss.item(), **parts}.items():
-                sums[key] = sums.get(key, 0.0) + value
-        row: dict[str, float] = {"epoch": float(epoch)}
-        row.update({k: v / max(steps, 1) for k, v in sums.items()})
+            loss_sum += loss.detach()  # one .item() per epoch, not per step
+        mean_loss = float(loss_sum) / max(steps, 1)
+        row: dict[str, float] = {"epoch": float(epoch), "train_loss": mean_loss}
+        row["bag_loss"] = mean_loss
         if val:
             row.update(_validate(model, val, weights, cfg.batch_size))
         row["seconds"] = time.perf_counter() - start

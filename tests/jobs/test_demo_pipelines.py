@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -83,6 +84,12 @@ def test_three_predictions_files_are_valid_for_the_importer(demo: DemoRun) -> No
             assert tiles and all((path.parent / t).is_file() for t in tiles)
             assert {r["artifacts"]["mpp"] for r in rows} == {0.5}
             assert {r["label"] for r in rows} <= {"negative", "positive"}
+            # a colour bar naming the score goes with the layer; 64 px tiles at 0.5 um/px
+            for r in rows:
+                assert (path.parent / r["artifacts"]["heatmap_colorbar"]).is_file()
+                assert r["artifacts"]["heatmap_score"] == "attention (rank-normalised)"
+                with h5py.File(path.parent / r["artifacts"]["scores"]) as f:
+                    assert f["coords"].attrs["patch_size_level0"] == 64
         if kind == "volume":
             for r in rows:
                 assert r["artifacts"]["labels"] == {"1": "sphere_a", "2": "sphere_b"}

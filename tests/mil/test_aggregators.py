@@ -132,7 +132,7 @@ def test_abmil_attention_is_softmax_of_gated_scores() -> None:
 
 
 def test_topk_pooling_averages_the_top_instances_logits() -> None:
-    model = _model("ins", top_k=2)
+    model = _model("ins", top_k=2, pooling="topk")
     x = torch.randn(1, 5, D)
     mask = torch.tensor([[True, True, True, True, False]])
     with torch.no_grad():
@@ -146,6 +146,27 @@ def test_topk_pooling_averages_the_top_instances_logits() -> None:
     assert out.embeddings is not None
     assert torch.allclose(out.embeddings[0, :4].norm(dim=-1), torch.ones(4), atol=1e-5)
     assert (out.embeddings[0, 4] == 0).all()
+
+
+def test_ins_bag_probabilities_are_the_mean_instance_probabilities() -> None:
+    model = _model("ins")  # the paper's bag score is the default
+    assert model.pooling == "mean_prob"
+    x = torch.randn(2, 5, D)
+    mask = torch.tensor([[True, True, True, False, False], [True] * 5])
+    with torch.no_grad():
+        out = model(x, mask)
+        for b, n in ((0, 3), (1, 5)):
+            probs = torch.softmax(model.classifier(model.embed(x[b, :n])), dim=-1)
+            expected = probs.mean(dim=0)
+            assert torch.allclose(torch.softmax(out.logits[b], dim=-1), expected, atol=1e-6)
+            assert out.instance_scores is not None
+            assert torch.allclose(out.instance_scores[b, :n], probs[:, 1], atol=1e-6)
+            # the bag score is the mean of the instance probabilities, not their maximum
+            assert float(1 - torch.softmax(out.logits[b], -1)[0]) == pytest.approx(
+                float(probs[:, 1].mean()), abs=1e-6
+            )
+    with pytest.raises(ValueError, match="pooling must be one of mean_prob, mean, topk"):
+        _model("ins", pooling="max")
 
 
 def test_mean_pooling_equals_classifier_of_mean_embedding() -> None:

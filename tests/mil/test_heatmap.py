@@ -16,12 +16,17 @@ from PIL import Image
 from medcl.mil.geojson import tiles_to_geojson, write_geojson
 from medcl.mil.heatmap import (
     blend_heatmap,
+    colorbar_ticks,
     heatmap_rgba,
     normalise_scores,
+    save_colorbar_png,
     save_heatmap_png,
+    score_label,
     tile_score_map,
 )
 from medcl.mil.top_tiles import rank_tiles, save_top_tiles
+
+VIRIDIS_LOW, VIRIDIS_HIGH = (68, 1, 84), (253, 231, 37)  # viridis(0), viridis(1) in 8 bits
 
 
 def test_two_by_two_grid_fills_quadrants() -> None:
@@ -104,6 +109,48 @@ def test_heatmap_rgba_is_opaque_on_tiles_only() -> None:
         heatmap_rgba(scores, vmin=1.0, vmax=1.0)
 
 
+def test_default_colour_map_is_perceptually_uniform_viridis() -> None:
+    thumb = np.zeros((1, 2, 3), dtype=np.uint8)
+    out = blend_heatmap(thumb, np.array([[0.0, 1.0]]), alpha=1.0)
+    assert out[0, 0].tolist() == list(VIRIDIS_LOW) and out[0, 1].tolist() == list(VIRIDIS_HIGH)
+    layer = heatmap_rgba(np.array([[0.0, 1.0]]))
+    assert layer[0, 0].tolist() == [*VIRIDIS_LOW, 255] and layer[0, 1, :3].tolist() == [
+        *VIRIDIS_HIGH
+    ]
+
+
+def test_score_labels_name_the_score_and_its_scale() -> None:
+    assert score_label("instance_probability", "none") == "instance probability"
+    assert score_label("attention", "rank") == "attention (rank-normalised)"
+    assert score_label("attention", "none") == "attention (raw)"
+    assert score_label("instance_probability", "minmax") == (
+        "instance probability (min-max normalised)"
+    )
+    with pytest.raises(ValueError, match="unknown score kind 'heat'"):
+        score_label("heat", "rank")
+    assert colorbar_ticks("rank", 0.0, 1.0)[1] == [
+        "0 (lowest tile)",
+        "0.5 (median)",
+        "1 (highest tile)",
+    ]
+    assert colorbar_ticks("none", 0.0, 1.0) == ([0.0, 0.5, 1.0], ["0", "0.5", "1"])
+
+
+def _near(pixel: np.ndarray, colour: tuple[int, int, int], tol: int = 12) -> bool:
+    return bool(np.abs(pixel[:3].astype(int) - np.array(colour)).max() <= tol)
+
+
+def test_colour_bar_image_runs_from_low_to_high(tmp_path: Path) -> None:
+    path = save_colorbar_png(tmp_path / "bar.png", label="instance probability", height=300)
+    img = np.asarray(Image.open(path))
+    assert img.shape[:2] == (300, 170)
+    column = img[:, 23]  # through the middle of the bar
+    assert _near(column[int(0.06 * 300) + 3], VIRIDIS_HIGH)  # top: vmax
+    assert _near(column[int(0.94 * 300) - 3], VIRIDIS_LOW)  # bottom: vmin
+    # the label and tick labels are drawn right of the bar: dark text pixels there
+    assert (img[:, 40:, :3].min(axis=2) < 100).sum() > 50
+
+
 def test_save_heatmap_png(tmp_path: Path) -> None:
     img = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
     plain = save_heatmap_png(tmp_path / "a" / "plain.png", img)
@@ -111,6 +158,13 @@ def test_save_heatmap_png(tmp_path: Path) -> None:
     fancy = save_heatmap_png(tmp_path / "fancy.png", img, title="slide", colorbar=True)
     w, h = Image.open(fancy).size
     assert w > 40 and h > 30
+    # the colour bar beside the image holds both ends of the colour map
+    big = np.zeros((200, 200, 3), dtype=np.uint8)
+    fancy = save_heatmap_png(tmp_path / "big.png", big, title="slide", colorbar=True)
+    pixels = np.asarray(Image.open(fancy).convert("RGB"))[:, 200:]
+    flat = pixels.reshape(-1, 3).astype(int)
+    for colour in (VIRIDIS_LOW, VIRIDIS_HIGH):
+        assert (np.abs(flat - np.array(colour)).max(axis=1) <= 12).any(), colour
 
 
 def test_geojson_polygon_and_properties(tmp_path: Path) -> None:
@@ -350,6 +404,13 @@ def test_cli_heatmap_end_to_end(tmp_path: Path, aggregator: str, kind: str) -> N
     )
     assert Image.open(out / "slide_heatmap.png").size[0] > 128  # colour bar beside the map
     assert (out / "config.yaml").is_file()
+    # the score is named for what it is; probabilities raw (0-1), attention by rank
+    label = {"max": "instance probability", "abmil": "attention (rank-normalised)"}[aggregator]
+    assert pred["score_label"] == label and pred["cmap"] == "viridis"
+    assert pred["normalise"] == ("none" if aggregator == "max" else "rank")
+    assert pred["outputs"]["colorbar"] == "slide_colorbar.png"
+    bar = np.asarray(Image.open(out / "slide_colorbar.png"))
+    assert _near(bar[int(0.06 * bar.shape[0]) + 3, 23], VIRIDIS_HIGH)
 
 
 def test_cli_heatmap_pixels_follow_tile_scores(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""INS instance losses against hand-made cases and plain-loop references."""
+"""INS / PiCO rules against tiny hand-computed cases and plain-loop references."""
 
 from __future__ import annotations
 
@@ -6,114 +6,121 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from medcl.losses.ins import (
-    InstanceClassificationLoss,
-    InstanceContrastiveLoss,
-    ins_pseudo_labels,
+    INSContrastiveLoss,
+    PartialLabelLoss,
+    candidate_sets,
+    classifier_pseudo_labels,
+    confidence_momentum,
+    initial_confidence,
+    prototype_pseudo_labels,
+    update_confidence,
     update_prototypes,
 )
 
-MASK = torch.tensor([[True, True, True, False], [True, True, True, True]])
-BAG_LABELS = torch.tensor([0, 1])
-SCORES = torch.tensor([[0.9, 0.1, 0.2, 0.0], [0.3, 0.8, 0.6, 0.55]])
-# prototypes: class 0 along x, class 1 along y
-PROTOS = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-EMB = torch.tensor(
-    [
-        [[0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [5.0, 5.0]],
-        # i0 near pos but score 0.3; i1 near neg but the top score; i2 near neg; i3 near pos, 0.55
-        [[0.0, 1.0], [1.0, 0.0], [1.0, 0.2], [0.2, 1.0]],
-    ]
-)
+
+def test_candidates_and_initial_confidence_by_hand() -> None:
+    cand = candidate_sets(torch.tensor([0, 1, 2]), 3)
+    assert cand.tolist() == [[1, 0, 0], [1, 1, 0], [1, 0, 1]]
+    assert initial_confidence(cand).tolist() == [[1, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5]]
+    with pytest.raises(ValueError, match=r"bag labels must be in 0..1, got \[0, 2\]"):
+        candidate_sets(torch.tensor([0, 2]), 2)
 
 
-def test_pseudo_labels_prototype_rule() -> None:
-    labels = ins_pseudo_labels(SCORES, MASK, BAG_LABELS, EMB, PROTOS, threshold=0.5)
-    assert labels.tolist() == [[0, 0, 0, -1], [0, 1, 0, 1]]
-    strict = ins_pseudo_labels(SCORES, MASK, BAG_LABELS, EMB, PROTOS, threshold=0.9)
-    assert strict.tolist() == [[0, 0, 0, -1], [0, 1, 0, 0]]
+def test_confidence_momentum_falls_linearly_with_the_reference_lag() -> None:
+    assert confidence_momentum(0, 40) == pytest.approx(0.95)
+    assert confidence_momentum(1, 40) == pytest.approx(0.95)  # set after epoch 0
+    assert confidence_momentum(2, 40) == pytest.approx(0.95 - 0.15 / 40)
+    assert confidence_momentum(40, 40) == pytest.approx(0.95 - 0.15 * 39 / 40)
+    assert confidence_momentum(3, 10, 0.9, 0.5) == pytest.approx(0.9 - 0.4 * 2 / 10)
 
 
-def test_pseudo_labels_warmup_modes() -> None:
-    top = ins_pseudo_labels(SCORES, MASK, BAG_LABELS, EMB, None)
-    assert top.tolist() == [[0, 0, 0, -1], [-1, 1, -1, -1]]
-    assert ins_pseudo_labels(SCORES, MASK, BAG_LABELS, EMB, PROTOS, mode="top").equal(top)
-    inherit = ins_pseudo_labels(SCORES, MASK, BAG_LABELS, mode="inherit")
-    assert inherit.tolist() == [[0, 0, 0, -1], [1, 1, 1, 1]]
-    empty = ins_pseudo_labels(SCORES, torch.zeros_like(MASK), BAG_LABELS)
-    assert (empty == -1).all()
-    with pytest.raises(ValueError, match="mode must be"):
-        ins_pseudo_labels(SCORES, MASK, BAG_LABELS, mode="all")  # type: ignore[arg-type]
+def test_pseudo_labels_stay_inside_the_candidates() -> None:
+    logits = torch.tensor([[0.0, 2.0], [0.0, 2.0], [2.0, 0.0]])
+    cand = torch.tensor([[1.0, 0.0], [1.0, 1.0], [1.0, 1.0]])
+    # the classifier prefers class 1 for the first instance, but it comes from a negative bag
+    assert classifier_pseudo_labels(logits, cand).tolist() == [0, 1, 0]
+    protos = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    z = torch.tensor([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
+    assert prototype_pseudo_labels(z, protos, cand).tolist() == [0, 1, 0]
 
 
-def test_update_prototypes_by_hand() -> None:
-    emb = torch.tensor([[[3.0, 0.0], [0.0, 2.0], [0.0, 4.0]]])
-    first = update_prototypes(None, emb, torch.tensor([[0, 1, -1]]), 2, momentum=0.5)
-    assert first is not None
-    assert torch.allclose(first, torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
-    second = update_prototypes(first, torch.tensor([[0.0, 1.0]]), torch.tensor([0]), 2, 0.5)
-    assert second is not None
-    r = 1 / math.sqrt(2)
-    assert torch.allclose(second, torch.tensor([[r, r], [0.0, 1.0]]), atol=1e-6)
-    assert update_prototypes(None, emb, torch.full((1, 3), -1), 2, 0.5) is None
+def test_update_confidence_is_a_moving_average_to_the_one_hot() -> None:
+    conf = torch.tensor([[0.5, 0.5], [1.0, 0.0]])
+    out = update_confidence(conf, torch.tensor([1, 0]), 0.9)
+    assert torch.allclose(out, torch.tensor([[0.45, 0.55], [1.0, 0.0]]))
+    assert conf.tolist() == [[0.5, 0.5], [1.0, 0.0]]  # not in place
+    with pytest.raises(ValueError, match="momentum"):
+        update_confidence(conf, torch.tensor([1, 0]), 1.5)
 
 
-def _ce(logits: torch.Tensor, label: int) -> float:
-    return -(float(logits[label]) - math.log(sum(math.exp(float(v)) for v in logits)))
-
-
-def test_instance_classification_loss_matches_loop() -> None:
+def test_update_prototypes_by_hand_and_against_a_sequential_loop() -> None:
+    protos = torch.zeros(2, 2)
+    z = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    out = update_prototypes(protos, z, torch.tensor([1, 1]), 0.5)
+    # p1 = .5 * 0 + .5 * [1, 0] = [.5, 0]; then .5 * [.5, 0] + .5 * [0, 1] = [.25, .5]
+    assert out[1].tolist() == pytest.approx([1 / math.sqrt(5), 2 / math.sqrt(5)])
+    assert out[0].tolist() == [0.0, 0.0]  # no member: stays zero
     g = torch.Generator().manual_seed(0)
-    logits = torch.randn(2, 4, 2, generator=g, requires_grad=True)
-    pseudo = torch.tensor([[0, 0, 0, -1], [0, 1, -1, 1]])
-    per_class: dict[int, list[float]] = {0: [], 1: []}
-    for b in range(2):
-        for n in range(4):
-            if pseudo[b, n] >= 0:
-                per_class[int(pseudo[b, n])].append(_ce(logits[b, n].detach(), int(pseudo[b, n])))
-    balanced = sum(sum(v) / len(v) for v in per_class.values()) / 2
-    plain = sum(sum(v) for v in per_class.values()) / 6
-    got = InstanceClassificationLoss()(logits, pseudo)
-    assert got.item() == pytest.approx(balanced, rel=1e-5)
-    assert InstanceClassificationLoss(balanced=False)(logits, pseudo).item() == pytest.approx(
-        plain, rel=1e-5
-    )
-    got.backward()
-    assert logits.grad is not None and (logits.grad[0, 3] == 0).all()  # padding gets no gradient
-    none = InstanceClassificationLoss()(logits, torch.full((2, 4), -1))
-    assert none.item() == 0.0 and none.requires_grad
+    protos = F.normalize(torch.randn(3, 4, generator=g), dim=1)
+    z = F.normalize(torch.randn(9, 4, generator=g), dim=1)
+    labels = torch.tensor([2, 0, 2, 2, 1, 0, 2, 1, 2])
+    expected = protos.clone()
+    for feat, lab in zip(z, labels, strict=True):  # the reference's per-instance loop
+        expected[lab] = expected[lab] * 0.9 + 0.1 * feat
+    expected = F.normalize(expected, dim=1)
+    assert torch.allclose(update_prototypes(protos, z, labels, 0.9), expected, atol=1e-6)
 
 
-def _supcon_reference(z: torch.Tensor, labels: list[int], t: float) -> float:
-    keep = [i for i, lab in enumerate(labels) if lab >= 0]
-    zn = torch.nn.functional.normalize(z, dim=-1)
-    total, anchors = 0.0, 0
-    for i in keep:
-        pos = [j for j in keep if j != i and labels[j] == labels[i]]
-        if not pos:
-            continue
-        denom = sum(math.exp(float(zn[i] @ zn[a]) / t) for a in keep if a != i)
-        total += -sum(math.log(math.exp(float(zn[i] @ zn[p]) / t) / denom) for p in pos) / len(pos)
-        anchors += 1
-    return total / anchors
+def test_partial_label_loss_by_hand() -> None:
+    loss = PartialLabelLoss()
+    assert float(loss(torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]))) == pytest.approx(math.log(2))
+    logits = torch.tensor([[math.log(3.0), 0.0]])  # p = [.75, .25]
+    expected = -(0.5 * math.log(0.75) + 0.5 * math.log(0.25))
+    assert float(loss(logits, torch.tensor([[0.5, 0.5]]))) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="differ"):
+        loss(torch.zeros(2, 2), torch.zeros(2, 3))
 
 
-def test_instance_contrastive_loss_matches_loop_and_ignores_padding() -> None:
-    g = torch.Generator().manual_seed(3)
-    emb = torch.randn(2, 4, 5, generator=g)
-    emb[0, 3] = 1e3  # padding junk
-    pseudo = torch.tensor([[0, 0, 1, -1], [1, 0, -1, 1]])
-    expected = _supcon_reference(emb.reshape(8, 5), pseudo.reshape(-1).tolist(), 0.2)
-    got = InstanceContrastiveLoss(temperature=0.2)(emb, pseudo)
-    assert got.item() == pytest.approx(expected, rel=1e-5)
-    single = InstanceContrastiveLoss()(emb, torch.tensor([[0, -1, -1, -1], [-1, -1, -1, -1]]))
-    assert single.item() == 0.0
+def _plain_moco(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, t: float) -> float:
+    losses = []
+    for i in range(len(q)):
+        pos = math.exp(float(q[i] @ k[i]) / t)
+        den = sum(math.exp(float(q[i] @ c) / t) for c in [*k, *queue])
+        losses.append(-math.log(pos / den))
+    return sum(losses) / len(losses)
 
 
-def test_contrastive_cap_keeps_every_positive() -> None:
-    loss = InstanceContrastiveLoss(max_instances=4)
-    picked = loss.select(torch.tensor([0, 0, 0, 0, 1, 1, -1]))
-    assert len(picked) == 4 and {4, 5} <= set(picked.tolist()) and 6 not in picked.tolist()
-    with pytest.raises(ValueError, match="temperature must be a positive number"):
-        InstanceContrastiveLoss(temperature=0.0)
+def _plain_supcon(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    queue: torch.Tensor,
+    lab: list[int],
+    qlab: list[int],
+    t: float,
+) -> float:
+    feats, labels = [*q, *k, *queue], [*lab, *lab, *qlab]
+    losses = []
+    for i in range(len(q)):
+        den = sum(math.exp(float(q[i] @ f) / t) for j, f in enumerate(feats) if j != i)
+        pos = [j for j in range(len(feats)) if j != i and labels[j] == lab[i]]
+        log_probs = [float(q[i] @ feats[j]) / t - math.log(den) for j in pos]
+        losses.append(-sum(log_probs) / len(pos))
+    return sum(losses) / len(losses)
+
+
+def test_contrast_is_moco_in_warmup_and_supcon_after() -> None:
+    g = torch.Generator().manual_seed(1)
+    q, k, queue = (F.normalize(torch.randn(n, 5, generator=g), dim=1) for n in (3, 3, 4))
+    loss = INSContrastiveLoss(temperature=0.5)
+    assert float(loss(q, k, queue)) == pytest.approx(_plain_moco(q, k, queue, 0.5), rel=1e-5)
+    lab, qlab = [0, 1, 1], [1, 0, 0, 1]
+    got = float(loss(q, k, queue, torch.tensor(lab), torch.tensor(qlab)))
+    assert got == pytest.approx(_plain_supcon(q, k, queue, lab, qlab, 0.5), rel=1e-5)
+    # an empty queue works (the start of training)
+    empty = torch.zeros(0, 5)
+    assert float(loss(q, k, empty)) == pytest.approx(_plain_moco(q, k, empty, 0.5), rel=1e-5)
+    with pytest.raises(ValueError, match="one label per queue entry"):
+        loss(q, k, queue, torch.tensor(lab), torch.tensor([0]))
