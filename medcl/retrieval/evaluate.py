@@ -11,8 +11,10 @@ domains; a group (lesion, patient, slide) never appears on both sides. For every
 
 For k in ``ks``: class agreement@k (share of demonstrations of the query's class), k-NN vote
 accuracy and balanced accuracy. Embeddings are cached per encoder and seed, so an interrupted run
-resumes. Results: ``results.csv``, ``results.md`` (and the README between markers), a plot of each
-metric against k per selector, and the resolved config.
+resumes; cache files and CCI folders are named by a digest of their settings (encoder name and
+weights sha256, image size, pool and query paths; the CCI recipe), so a changed setting never
+reuses them. Results: ``results.csv``, ``results.md`` (and the README between markers), a plot
+of each metric against k per selector, and the resolved config.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from pydantic import Field
 from torch.utils.data import DataLoader
 
 from medcl.config import StrictModel, save_config
+from medcl.engine.checkpoint import file_sha256
+from medcl.engine.stamps import output_settings, settings_digest
 from medcl.io.images import ImageSet
 from medcl.models.encoders import create_encoder
 from medcl.pretrain.evaluate import update_readme
@@ -106,6 +110,13 @@ def split_domains(ds: ImageSet, cfg: RetrievalEvalConfig) -> tuple[ImageSet, Ima
         rng = np.random.default_rng(0)
         queries = queries.subset(np.sort(rng.choice(len(queries), cfg.max_queries, False)))
     return pool, queries
+
+
+def _identity(encoder: str) -> dict[str, str | None]:
+    """An encoder name and, for a ``medcl:`` file, the sha256 of its weights."""
+    path = Path(encoder.removeprefix("medcl:"))
+    sha = file_sha256(path) if encoder.startswith("medcl:") and path.is_file() else None
+    return {"name": encoder, "sha256": sha}
 
 
 def _embed(
@@ -309,12 +320,18 @@ def run_retrieval_eval(
     client = client_from_config(cfg.lmm, out / "lmm_cache")
     episodes: list[Episode] = []
     for seed in cfg.seeds:
-        cci_dir = out / f"cci_seed{seed}"
+        cci = cfg.cci.model_copy(deep=True)
+        cci.encoder = cfg.encoder
+        cci.data = cfg.data.model_copy(update={"domains": cfg.source_domains, "use": "all"})
+        cci.train = cci.train.model_copy(update={"seed": seed})
+        # named by its settings (and the starting weights): a changed recipe trains anew
+        cci_settings = {
+            "cci": output_settings(cci.model_dump(mode="json")),
+            "start": _identity(cfg.encoder),
+        }
+        cci_dir = out / f"cci_seed{seed}_{settings_digest(cci_settings)}"
         if not (cci_dir / "encoder.pt").is_file():
-            cci = cfg.cci.model_copy(deep=True)
-            cci.encoder, cci.out_dir = cfg.encoder, cci_dir
-            cci.data = cfg.data.model_copy(update={"domains": cfg.source_domains, "use": "all"})
-            cci.train = cci.train.model_copy(update={"seed": seed})
+            cci.out_dir = cci_dir
             run_train_cci(cci, data_root=root)
         encoders = {
             "topk (random init)": cfg.random_encoder,
@@ -323,7 +340,13 @@ def run_retrieval_eval(
         }
         embedded: dict[str, list[np.ndarray]] = {}
         for name, enc in encoders.items():
-            cache = out / "embeddings" / f"{slug(name)}_seed{seed}.npz"
+            key = {
+                "encoder": _identity(enc),
+                "image_size": cfg.image_size,
+                "pool": pool.df["path"].astype(str).tolist(),
+                "queries": queries.df["path"].astype(str).tolist(),
+            }
+            cache = out / "embeddings" / f"{slug(name)}_seed{seed}_{settings_digest(key)}.npz"
             embedded[name] = _embed(enc, [pool, queries], cfg, cache, seed)
         for name in ("random", *encoders):
             pool_emb, query_emb = embedded["topk" if name == "random" else name]

@@ -20,7 +20,6 @@ file when it is an existing path. An empty coords file gives an empty bag withou
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import time
@@ -36,6 +35,7 @@ from tqdm.auto import tqdm
 
 from medcl.config import StrictModel, save_config
 from medcl.engine.distributed import all_gather_object, barrier, cleanup, init_distributed
+from medcl.engine.stamps import check_stamp, settings_digest, write_stamp
 from medcl.errors import ConfigError, InvalidInputError, MedclError
 from medcl.models.encoders import Encoder, create_encoder
 from medcl.workspace import slug
@@ -46,7 +46,6 @@ from medcl.wsi.jobs import SLIDE_EXTENSIONS, list_slides
 logger = logging.getLogger(__name__)
 
 STATUS_FIELDS = ("slide", "state", "n_tiles", "seconds", "message")
-SETTINGS_FILE = "settings.json"
 
 
 class ExtractConfig(StrictModel):
@@ -183,38 +182,8 @@ def features_dir(job: Path, settings: dict[str, Any]) -> Path:
     if settings["seed"] is not None:
         parts.append(f"seed{settings['seed']}")
     rest = {k: settings[k] for k in ("pretrained", "transform", "encoder_kwargs")}
-    parts.append("k" + hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:8])
+    parts.append("k" + settings_digest(rest))
     return job / "_".join(parts)
-
-
-def check_settings(out_dir: Path, settings: dict[str, Any]) -> None:
-    """Refuse ``out_dir`` when it holds features made with other settings (both named).
-
-    A folder with bags but no ``settings.json`` (written by an older medcl) is refused too:
-    its features cannot be shown to match.
-    """
-    path = out_dir / SETTINGS_FILE
-    if path.is_file():
-        try:
-            stored = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise InvalidInputError(path, f"unreadable settings file: {exc}") from None
-        diffs = [k for k in sorted(set(stored) | set(settings)) if stored.get(k) != settings.get(k)]
-        if diffs:
-            shown = "; ".join(
-                f"{k}: {stored.get(k)!r} stored, {settings.get(k)!r} now" for k in diffs
-            )
-            raise InvalidInputError(
-                out_dir,
-                f"holds features made with other settings ({shown}); move or delete it to "
-                "extract again",
-            )
-    elif any(p.suffix == ".h5" for p in out_dir.glob("*.h5")):
-        raise InvalidInputError(
-            out_dir,
-            f"holds feature bags but no {SETTINGS_FILE} recording how they were made; move or "
-            "delete it to extract again",
-        )
 
 
 def _one_slide(
@@ -288,13 +257,12 @@ def run_extract_job(cfg: ExtractConfig) -> dict[str, Any]:
         settings = feature_settings(cfg, encoder)
         out_dir = features_dir(job, settings)
         out_dir.mkdir(parents=True, exist_ok=True)
-        check_settings(out_dir, settings)
-        barrier()  # every rank checked before rank 0 writes the settings
+        bags = any(out_dir.glob("*.h5"))
+        check_stamp(out_dir, settings, has_outputs=bags, write=False)
+        barrier()  # every rank checked before rank 0 writes the stamp
         if info.is_main:
             save_config(cfg, out_dir)
-            tmp = out_dir / f".{SETTINGS_FILE}.tmp"
-            tmp.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-            tmp.replace(out_dir / SETTINGS_FILE)
+            write_stamp(out_dir, settings)
         index = slide_index(job, cfg.slides)
         mine = coords_files[info.rank :: info.world_size]
         start = time.perf_counter()

@@ -116,3 +116,14 @@ def test_retrieval_eval_smoke(pool: Path, tmp_path: Path, endpoint: Any) -> None
     lmm = pd.read_csv(tmp_path / "eval" / "lmm_results.csv")
     assert (lmm.error_rate == 0).all()
     assert (lmm[lmm.k == 1].lmm_accuracy > 0).all()  # now answered "b"
+    # another image size: new embeddings (named by their settings), the same CCI encoder
+    assert len(list((tmp_path / "eval" / "embeddings").glob("*.npz"))) == 3
+    no_lmm = cfg.lmm.model_copy(update={"base_url": None, "model": None})
+    bigger = cfg.model_copy(update={"image_size": 40, "lmm": no_lmm})
+    run_retrieval_eval(bigger, data_root=pool)
+    assert len(list((tmp_path / "eval" / "embeddings").glob("*.npz"))) == 6
+    assert len(list((tmp_path / "eval").glob("cci_seed0_*"))) == 1
+    # another CCI recipe trains a new encoder in its own folder
+    hotter = bigger.model_copy(update={"cci": cfg.cci.model_copy(update={"temperature": 0.5})})
+    run_retrieval_eval(hotter, data_root=pool)
+    assert len(list((tmp_path / "eval").glob("cci_seed0_*"))) == 2

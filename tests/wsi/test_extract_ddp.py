@@ -236,9 +236,9 @@ def test_a_folder_with_other_or_unknown_settings_is_refused(slides: Path, tmp_pa
     with pytest.raises(InvalidInputError) as err:
         run_extract_job(cfg)
     assert str(err.value).startswith(
-        f"{out}: holds features made with other settings (weights_sha256: '{'ab' * 32}' "
+        f"{out}: holds outputs made with other settings (weights_sha256: '{'ab' * 32}' "
         "stored, None now)"
     )
     (out / "settings.json").unlink()  # features of an older medcl: how they were made is unknown
-    with pytest.raises(InvalidInputError, match=r"holds feature bags but no settings\.json"):
+    with pytest.raises(InvalidInputError, match=r"holds outputs but no settings\.json"):
         run_extract_job(cfg)
