@@ -154,6 +154,8 @@ def _build_timm(model: str, pretrained: bool | str, **kwargs: Any) -> Encoder:
         head = _param_list(net.norm, net.fc_norm, getattr(net, "attn_pool", None))
     elif isinstance(net, ResNet):
         blocks = [getattr(net, f"layer{i}") for i in range(1, 5)]
+    else:
+        blocks, head = _efficientnet_blocks(net)
     return Encoder(
         net,
         name=f"timm:{arch}",
@@ -164,6 +166,15 @@ def _build_timm(model: str, pretrained: bool | str, **kwargs: Any) -> Encoder:
         blocks=blocks,
         head=head,
     )
+
+
+def _efficientnet_blocks(net: Any) -> tuple[list[nn.Module] | None, list[nn.Module | nn.Parameter]]:
+    """A timm EfficientNet's stages and its head (``conv_head``, ``bn2``); ``None`` otherwise."""
+    from timm.models.efficientnet import EfficientNet
+
+    if not isinstance(net, EfficientNet):
+        return None, []
+    return list(net.blocks), _param_list(net.conv_head, net.bn2)
 
 
 def _register_open_clip_configs() -> None:
@@ -307,12 +318,15 @@ def _build_offline(model: str, pretrained: bool | str, **kwargs: Any) -> Encoder
     spec = TransformSpec.from_dict({**cfg, "size": tuple(cfg["input_size"][1:])})
     if source.transform is not None:
         spec = TransformSpec.from_dict({**spec.to_dict(), **dict(source.transform)})
+    blocks, head = _efficientnet_blocks(net)
     encoder = Encoder(
         net,
         name=f"offline:{model}",
         base_name=f"timm:{source.arch}",  # a saved fine-tune rebuilds without the package
         embed_dim=int(dim),
         spec=spec,
+        blocks=blocks,
+        head=head,
     )
     encoder.provenance = provenance
     return encoder

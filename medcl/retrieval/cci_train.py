@@ -122,8 +122,10 @@ def run_train_cci(
         size = (cfg.image_size, cfg.image_size)
         encoder.set_spec(replace(encoder.spec, size=size, crop_pct=1.0))
         views = pathology_views if cfg.views == "pathology" else dermoscopy_views
+        # the views are normalised as the encoder's weights expect (e.g. mean 0.5 for Lite0)
+        norm = {"mean": encoder.spec.mean, "std": encoder.spec.std}
         dataset = LabelledViewsDataset(
-            pool, encoder.eval_transform, views(cfg.image_size, **cfg.view_kwargs)
+            pool, encoder.eval_transform, views(cfg.image_size, **{**norm, **cfg.view_kwargs})
         )
         log.info(
             "CCI on %d images, %d classes, %d domains",

@@ -290,9 +290,16 @@ def test_trainable_blocks_timm_resnet_keeps_frozen_batchnorm_stats() -> None:
     assert torch.equal(net.bn1.running_mean, before)
 
 
+def test_trainable_blocks_timm_efficientnet() -> None:
+    enc = create_encoder("timm:efficientnet_lite0").trainable_blocks(2).train()
+    net: Any = enc.backbone
+    stages = len(net.blocks)
+    last = (f"blocks.{stages - 2}.", f"blocks.{stages - 1}.", "conv_head.", "bn2.")
+    assert _trainable(enc) == {k for k, _ in net.named_parameters() if k.startswith(last)}
+    assert not net.bn1.training and net.bn2.training and net.blocks[-1][0].bn1.training
+
+
 def test_trainable_blocks_refused_where_unsupported() -> None:
-    with pytest.raises(ValueError, match="does not support trainable_blocks"):
-        create_encoder("timm:test_efficientnet").trainable_blocks(1)
     with pytest.raises(ValueError, match="does not support trainable_blocks"):
         create_encoder("monai:resnet18").trainable_blocks(1)
     with pytest.raises(ValueError, match=r"n must be in 1\.\.4"):
