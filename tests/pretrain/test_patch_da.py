@@ -74,3 +74,17 @@ def test_bad_sites_are_named(sites: Path, tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError) as err:
         run_patch_da_eval(_cfg(sites, tmp_path / "y", target_domains=["c"]))
     assert "leaves class(es) empty on one side: 'blue' (12 source, 0 target)" in str(err.value)
+
+
+def test_shipped_site_shift_configs_validate() -> None:
+    from medcl.config import load_config
+    from medcl.retrieval.evaluate import RetrievalEvalConfig
+
+    configs = Path(__file__).resolve().parents[2] / "configs" / "eval"
+    da = load_config(PatchDAEvalConfig, configs / "patch_da.yaml")
+    assert da.encoder == "offline:efficientnet_lite0-imagenet" and da.target_domains == [
+        "rosendahl"
+    ]
+    for name in ("retrieval_site.yaml", "retrieval.yaml"):
+        cfg = load_config(RetrievalEvalConfig, configs / name)
+        assert cfg.encoder == da.encoder and cfg.cci.balanced and cfg.cci_budgets
