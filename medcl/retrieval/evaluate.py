@@ -402,7 +402,7 @@ def choose_budget(cfg: RetrievalEvalConfig, pool: ImageSet, out: Path, root: Pat
                 res = run_train_cci(cci, data_root=root)
                 shutil.copyfile(res.encoder, enc_file)
             name = f"medcl:{enc_file}"
-        cache = folder / f"embeddings_{b}.npz"
+        cache = folder / f"embeddings_{b}_px{cfg.image_size}.npz"
         train_emb, val_emb = _embed(name, [train, val], cfg, cache, seed)
         rows, _ = score_selector(
             "topk", train_emb, val_emb, train, val, [kmax], seed, cfg.max_per_class
