@@ -66,8 +66,6 @@ from medcl.workspace import job_dir, slug
 
 log = logging.getLogger(__name__)
 
-MARKERS = ("<!-- retrieval:start -->", "<!-- retrieval:end -->")
-
 
 class RetrievalEvalConfig(StrictModel):
     """The demonstration-retrieval evaluation under a domain shift."""
@@ -497,5 +495,7 @@ def run_retrieval_eval(
             f"source images, {len(queries)} target queries; encoder {cfg.encoder}, CCI "
             f"{budget} steps{' (chosen by validation)' if cfg.cci_budgets else ''}."
         )
-        update_readme(readme, table, note, markers=MARKERS)
+        # one marker pair per protocol: <!-- retrieval:start --> for the config named retrieval
+        markers = (f"<!-- {cfg.name}:start -->", f"<!-- {cfg.name}:end -->")
+        update_readme(readme, table, note, markers=markers)
     return rows, table
