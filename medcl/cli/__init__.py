@@ -20,6 +20,7 @@ from medcl.cli import mil as mil_cmd
 from medcl.cli import pretrain as pretrain_cmd
 from medcl.cli import retrieval as retrieval_cmd
 from medcl.cli import review as review_cmd
+from medcl.cli import shift as shift_cmd
 from medcl.cli import wsi as wsi_cmd
 from medcl.errors import MedclError
 from medcl.logging_utils import setup_logging
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     wsi_cmd.add_parser(sub)
     mil_cmd.add_parser(sub)
     review_cmd.add_parser(sub)
+    shift_cmd.add_parser(sub)
     eval_cmd.add_parser(sub)
     demo_cmd.add_parser(sub)
     return parser

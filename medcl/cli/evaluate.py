@@ -86,6 +86,14 @@ def add_parser(sub: Any) -> None:
     add_evaluation_args(ps, "patch-ssl")
     ps.set_defaults(func=_patch_ssl)
 
+    pd_ = cmds.add_parser(
+        "patch-da",
+        help="patch pretraining as domain adaptation: source-site probe tested on the target "
+        "site; random init vs ImageNet vs ImageNet + SimCLR on both sites' unlabelled images",
+    )
+    add_evaluation_args(pd_, "patch-da")
+    pd_.set_defaults(func=_patch_da)
+
     mh = cmds.add_parser(
         "mil-ham",
         help="HAM10000 MIL bags (melanoma witnesses): mean pooling vs ABMIL vs INS, bag and "
@@ -153,6 +161,18 @@ def _patch_ssl(args: argparse.Namespace) -> int:
 
     cfg = resolve_config(PatchSSLEvalConfig, args, {"out_dir": args.out_dir})
     _, table = run_patch_ssl_eval(
+        cfg, workspace=args.workspace, data_root=data_root(args.data_root), readme=args.readme
+    )
+    print(table)
+    return 0
+
+
+def _patch_da(args: argparse.Namespace) -> int:
+    from medcl.pretrain.patch_da import PatchDAEvalConfig, run_patch_da_eval
+    from medcl.workspace import data_root
+
+    cfg = resolve_config(PatchDAEvalConfig, args, {"out_dir": args.out_dir})
+    _, table = run_patch_da_eval(
         cfg, workspace=args.workspace, data_root=data_root(args.data_root), readme=args.readme
     )
     print(table)

@@ -111,7 +111,7 @@ def _episode(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, 
     from medcl.retrieval.prompts import build_messages, episode_json
 
     encoder = load_encoder(args.encoder, args.image_size)
-    index = open_pool_index(args.index, encoder, args.encoder)
+    index = open_pool_index(args.index, encoder, args.encoder)  # checks the pool as it is now
     demos = select_demonstrations(
         index, encoder, args.query, args.k, selector=args.selector, query_group=args.group
     )

@@ -34,9 +34,11 @@ def add_extract_command(wsi_sub: Any) -> argparse.ArgumentParser:
         "extract",
         help="encode the tiles of a tiling job into feature bags (resumable, torchrun-aware)",
         description=(
-            "For each patches/<stem>.h5 of the job writes features_<encoder>/<stem>.h5 "
-            "(features, coords); finished bags are skipped, interrupted ones resumed. Under "
-            "torchrun the slides are shared out over the processes."
+            "For each patches/<stem>.h5 of the job writes features_<settings>/<stem>.h5 "
+            "(features, coords), the folder named by the encoder, its weights' sha256, the "
+            "input size and the precision; finished bags are skipped, interrupted ones resumed, "
+            "a folder made with other settings refused. Under torchrun the slides are shared "
+            "out over the processes."
         ),
     )
     _add_arguments(p)

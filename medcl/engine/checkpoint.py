@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import json
 import logging
 import os
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -208,6 +209,87 @@ def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
     return payload
 
 
+#: config keys (their last dotted part) that may change between a run and its resumption: how
+#: long to train, how often to log or save, where and how fast, never what is computed
+RESUMABLE_KEYS = frozenset(
+    {
+        "max_steps",
+        "steps",
+        "log_every",
+        "ckpt_every",
+        "keep_last",
+        "resume",
+        "progress",
+        "tensorboard",
+        "device",
+        "num_workers",
+        "out_dir",
+    }
+)
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out if out or not prefix else {prefix[:-1]: {}}
+    return {prefix[:-1]: value}
+
+
+def _plain(value: Any) -> Any:
+    """JSON-normal form, so a tuple equals a list and a path its string."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def config_differences(
+    stored: Mapping[str, Any],
+    current: Mapping[str, Any],
+    ignore: Collection[str] = RESUMABLE_KEYS,
+) -> list[tuple[str, Any, Any]]:
+    """``(dotted key, stored value, current value)`` for every setting that differs.
+
+    Nested mappings are compared key by key (``loss``, ``data.path``, ``train.precision``);
+    keys whose last part is in ``ignore`` are skipped; a key present on one side only counts
+    as a difference (its missing value is ``None``).
+    """
+    a, b = _flatten(_plain(dict(stored))), _flatten(_plain(dict(current)))
+    keys = sorted(set(a) | set(b))
+    return [
+        (k, a.get(k), b.get(k))
+        for k in keys
+        if k.rsplit(".", 1)[-1] not in ignore and a.get(k) != b.get(k)
+    ]
+
+
+def check_resume_config(
+    path: str | os.PathLike[str],
+    stored: Mapping[str, Any] | None,
+    current: Mapping[str, Any],
+    ignore: Collection[str] = RESUMABLE_KEYS,
+) -> None:
+    """Refuse to resume from ``path`` when its stored config differs from ``current``.
+
+    Raises:
+        InvalidInputError: naming each differing setting with its stored and current value.
+    """
+    if not stored:
+        logger.warning("%s stores no config: cannot check that it fits this run", path)
+        return
+    diffs = config_differences(stored, current, ignore)
+    if diffs:
+        shown = "; ".join(
+            f"{k}: {old!r} stored, {new!r} now" for k, old, new in diffs[:_MAX_LISTED]
+        )
+        more = f" (and {len(diffs) - _MAX_LISTED} more)" if len(diffs) > _MAX_LISTED else ""
+        raise InvalidInputError(
+            path,
+            f"was trained with other settings ({shown}{more}); resuming would mix two runs: "
+            "give this run another name or output folder, or set train.resume=false to "
+            "start it over there",
+        )
+
+
 def load_checkpoint(
     path: str | os.PathLike[str],
     *,
@@ -219,6 +301,7 @@ def load_checkpoint(
     strict: bool = True,
     restore_rng: bool = False,
     rank: int = 0,
+    expected_config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Load a checkpoint into the given objects and return its whole content.
 
@@ -230,12 +313,17 @@ def load_checkpoint(
         map_location: passed to ``torch.load``.
         restore_rng: also restore the generator states saved for ``rank`` (rank 0's when the
             checkpoint has fewer).
+        expected_config: when given, the stored config must agree with it (see
+            :func:`check_resume_config`) before anything is loaded.
 
     Raises:
-        InvalidInputError: unreadable file, or (strict) keys or shapes that do not match, listed.
+        InvalidInputError: unreadable file, a stored config other than ``expected_config``, or
+            (strict) keys or shapes that do not match, listed.
     """
     path = Path(path)
     payload = read_checkpoint(path, map_location)
+    if expected_config is not None:
+        check_resume_config(path, payload.get("config"), expected_config)
     if model is not None:
         net = unwrap_model(model)
         state = _match_model_state(path, net, payload["model"], strict)

@@ -7,6 +7,11 @@ clipping, a per-step scheduler, logs (``metrics.csv``, TensorBoard if installed)
 rank 0, checkpoints every ``ckpt_every`` steps and at the end, and resumption from the latest
 checkpoint in ``out_dir``.
 
+A checkpoint resumes only a run with the same settings: the stored config is compared with this
+run's (everything but how long, how often and where it runs, see
+:data:`~medcl.engine.checkpoint.RESUMABLE_KEYS`), and a different loss, data or precision is
+refused with both values named rather than silently continued.
+
 Resumption is exact: besides model/optimizer/scheduler/scaler, a checkpoint stores the epoch, how
 many batches of it were consumed, the generator states at the start of that epoch (so the
 sampler draws the same order and the workers the same seeds) and the current generator states. A
@@ -250,6 +255,7 @@ class Trainer:
             scheduler=self.scheduler,
             scaler=self.amp,
             map_location="cpu",
+            expected_config=self.config,  # a changed loss or data must not resume this run
         )
         state = payload["extra"].get("trainer", {})
         self.step, self.epoch = int(payload["step"]), int(payload["epoch"])

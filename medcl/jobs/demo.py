@@ -217,6 +217,7 @@ def synthetic_stage_configs(
             "source_domains": ["site_a"],
             "exclude_domains": [],
             "image_size": 64,
+            "cci_steps": 10,
         }
     )
     return volume, slides, retrieval

@@ -10,13 +10,16 @@ demonstrations (score = vote share). When an OpenAI-compatible endpoint is confi
 (``MEDCL_LMM_BASE_URL`` + ``MEDCL_LMM_MODEL``) the episode is also sent to the LMM and its parsed
 answer stored as ``lmm_answer``; otherwise ``lmm_answer`` is null.
 
-The default encoder is a randomly initialised ``timm:resnet18`` (seeded: the pool and the queries
-see the same weights): a demonstration of the pipeline, not a tuned retriever. Point ``encoder``
-at a CCI checkpoint (``medcl:PATH``) with ``selector: invariant`` for the real method.
+The default is the paper's method on offline weights: InvariantSelectPR (``selector:
+invariant``) with EfficientNet-Lite0 ImageNet weights from pip
+(``offline:efficientnet_lite0-imagenet``) fine-tuned with CCI on the pool for ``cci_steps``
+steps (``cci/encoder.pt``). ``selector: topk`` uses the starting encoder as it is; ``random``
+needs no encoder training.
 
 Stage folder layout::
 
     pool.csv / queries.csv    the pool subset and the queries (manifests)
+    cci/                      the CCI fine-tune of the encoder on the pool (invariant only)
     index/                    the pool index (``medcl retrieval index`` layout)
     lmm_cache/                cached LMM replies (only with an endpoint)
     predictions.jsonl         one retrieval case per query
@@ -26,7 +29,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -36,6 +39,7 @@ from pydantic import Field
 from medcl.config import StrictModel
 from medcl.errors import InvalidInputError
 from medcl.io.images import load_image_set
+from medcl.models.encoders import PRETRAINED_ENCODER
 from medcl.pretrain.patch_data import PatchDataConfig
 from medcl.retrieval.pool import (
     PoolIndexConfig,
@@ -64,11 +68,45 @@ class RetrievalDemoConfig(StrictModel):
     pool_per_class: int = Field(default=40, ge=1)
     queries: int = Field(default=6, ge=1)
     k: int = Field(default=5, ge=1)
-    selector: str = "topk"
-    encoder: str = "timm:resnet18"
+    selector: Literal["random", "topk", "invariant"] = "invariant"
+    encoder: str = PRETRAINED_ENCODER
+    cci_steps: int = Field(default=30, ge=1, description="CCI steps of the invariant selector")
+    cci_trainable_blocks: int | None = Field(default=2, ge=1, description="last blocks CCI tunes")
+    cci_batch_size: int = Field(default=32, ge=2)
+    cci_lr: float = Field(default=1e-4, gt=0)
     image_size: int = Field(default=96, ge=32)
     batch_size: int = Field(default=64, ge=1)
     seed: int = 0
+
+
+def train_demo_cci(cfg: RetrievalDemoConfig, pool: PatchDataConfig, out: Path, n_pool: int) -> Path:
+    """Fine-tune ``cfg.encoder`` with CCI on the pool (InvariantSelectPR's encoder); its file.
+
+    Batches hold at most the ``n_pool`` images of the pool.
+    """
+    from medcl.engine.trainer import TrainConfig
+    from medcl.retrieval.cci_train import CCITrainConfig, run_train_cci
+
+    cci = CCITrainConfig(
+        data=pool,
+        encoder=cfg.encoder,
+        trainable_blocks=cfg.cci_trainable_blocks,
+        views="dermoscopy",
+        view_kwargs={"jitter": [0.3, 0.3, 0.2, 0.02], "grayscale_prob": 0.0},
+        image_size=cfg.image_size,
+        batch_size=max(2, min(cfg.cci_batch_size, n_pool)),
+        lr=cfg.cci_lr,
+        train=TrainConfig(
+            max_steps=cfg.cci_steps,
+            ckpt_every=0,
+            keep_last=1,
+            progress=False,
+            tensorboard=False,
+            seed=cfg.seed,
+        ),
+        out_dir=out,
+    )
+    return run_train_cci(cci).encoder
 
 
 def split_pool_and_queries(
@@ -160,22 +198,24 @@ def run_retrieval_demo(cfg: RetrievalDemoConfig, out: Path, *, data_root: Path |
     queries[MANIFEST_COLUMNS].to_csv(out / "queries.csv", index=False)
     log.info("retrieval pool: %d images, %d queries", len(pool), len(queries))
 
+    pool_data = PatchDataConfig(path=out / "pool.csv", format="manifest", use="all", num_workers=0)
+    encoder_name = cfg.encoder
+    if cfg.selector == "invariant":
+        encoder_name = f"medcl:{train_demo_cci(cfg, pool_data, out / 'cci', len(pool))}"
     torch.manual_seed(cfg.seed)  # the pool and the queries must see the same random weights
     index_dir = build_pool_index(
         PoolIndexConfig(
             name="pool",
-            data=PatchDataConfig(
-                path=out / "pool.csv", format="manifest", use="all", num_workers=0
-            ),
-            encoder=cfg.encoder,
+            data=pool_data,
+            encoder=encoder_name,
             image_size=cfg.image_size,
             batch_size=cfg.batch_size,
             out_dir=out / "index",
         )
     )
     torch.manual_seed(cfg.seed)
-    encoder = load_encoder(cfg.encoder, cfg.image_size)
-    index = open_pool_index(index_dir, encoder, cfg.encoder)
+    encoder = load_encoder(encoder_name, cfg.image_size)
+    index = open_pool_index(index_dir, encoder, encoder_name)
     labels = sorted(str(v) for v in set(pool["label"]))
     items = queries[MANIFEST_COLUMNS].astype(str).to_dict("records")
     picks = []

@@ -15,7 +15,7 @@ first slide; its probabilities say nothing about disease.
 Stage folder layout::
 
     slides.csv                the slides and their mpp (TCGA's SVS has none in its metadata)
-    tiles/                    the tiling job (thumbnails/, masks/, patches/, features_<enc>/)
+    tiles/                    the tiling job (thumbnails/, masks/, patches/, features_<settings>/)
     mil/model.pt, mil/history.json     the MIL checkpoint and its training history
     heatmaps/<stem>/          heatmap PNG, tiles GeoJSON, top_tiles/, scores.h5, prediction.json
     predictions.jsonl         one slide case per slide
@@ -159,7 +159,7 @@ def run_slides_demo(
     from medcl.mil.slide_heatmap import HeatmapConfig, run_slide_heatmap
     from medcl.mil.train import MILTrainConfig, fit_mil, save_mil_model
     from medcl.wsi.bags import read_bag_file
-    from medcl.wsi.extract_job import ExtractConfig, features_dir, run_extract_job
+    from medcl.wsi.extract_job import ExtractConfig, run_extract_job
     from medcl.wsi.jobs import TileJobConfig, run_tile_job
 
     slides = _slide_csv(cfg, out, data_root)
@@ -190,7 +190,7 @@ def run_slides_demo(
     if extract["failures"]:
         first = next(iter(extract["failures"].items()))
         raise MedclError(f"feature extraction failed for {first[0]}: {first[1]}")
-    feats_dir = features_dir(tiles, cfg.encoder)
+    feats_dir = Path(extract["out_dir"])
     bag_files = [feats_dir / f"{path.stem}.h5" for path, _ in slides]
     features = [read_bag_file(f).features for f in bag_files]
     log.info(

@@ -247,8 +247,9 @@ class Encoder(nn.Module):
         """Train only the last ``n`` blocks and the head (final norm / projection).
 
         Supported for timm ResNets (blocks are ``layer1..layer4``), timm ViTs (``blocks`` plus
-        ``norm``/``fc_norm``) and open_clip ViTs (``transformer.resblocks`` plus ``ln_post`` and
-        ``proj``). Batch norms of the frozen part stay in eval mode during training.
+        ``norm``/``fc_norm``), timm EfficientNets (the stages of ``blocks`` plus ``conv_head`` and
+        ``bn2``) and open_clip ViTs (``transformer.resblocks`` plus ``ln_post`` and ``proj``).
+        Batch norms of the frozen part stay in eval mode during training.
 
         Raises:
             ValueError: the architecture has no block list, or ``n`` is out of range.

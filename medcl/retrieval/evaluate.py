@@ -11,14 +11,17 @@ domains; a group (lesion, patient, slide) never appears on both sides. For every
 
 For k in ``ks``: class agreement@k (share of demonstrations of the query's class), k-NN vote
 accuracy and balanced accuracy. Embeddings are cached per encoder and seed, so an interrupted run
-resumes. Results: ``results.csv``, ``results.md`` (and the README between markers), a plot of each
-metric against k per selector, and the resolved config.
+resumes; cache files and CCI folders are named by a digest of their settings (encoder name and
+weights sha256, image size, pool and query paths; the CCI recipe), so a changed setting never
+reuses them. Results: ``results.csv``, ``results.md`` (and the README between markers), a plot
+of each metric against k per selector, and the resolved config.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,6 +33,9 @@ from pydantic import Field
 from torch.utils.data import DataLoader
 
 from medcl.config import StrictModel, save_config
+from medcl.engine.checkpoint import file_sha256
+from medcl.engine.stamps import output_settings, settings_digest
+from medcl.errors import InvalidInputError
 from medcl.io.images import ImageSet
 from medcl.models.encoders import create_encoder
 from medcl.pretrain.evaluate import update_readme
@@ -46,15 +52,19 @@ from medcl.retrieval.lmm_eval import (
     run_lmm_arm,
     summarise,
 )
-from medcl.retrieval.metrics import class_agreement_at_k, knn_vote, stack_selections
+from medcl.retrieval.metrics import (
+    class_agreement_at_k,
+    knn_vote,
+    macro_agreement_at_k,
+    mean_interval,
+    stack_selections,
+)
 from medcl.retrieval.prompts import Demonstration
 from medcl.retrieval.selectors import Selection, create_selector
 from medcl.workspace import data_root as resolve_data_root
 from medcl.workspace import job_dir, slug
 
 log = logging.getLogger(__name__)
-
-MARKERS = ("<!-- retrieval:start -->", "<!-- retrieval:end -->")
 
 
 class RetrievalEvalConfig(StrictModel):
@@ -68,12 +78,18 @@ class RetrievalEvalConfig(StrictModel):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     ks: list[int] = Field(default_factory=lambda: [1, 3, 5, 7])
     encoder: str = "timm:resnet18"
-    random_encoder: str = "timm:resnet18"
+    random_encoder: str | None = "timm:resnet18"
     image_size: int = Field(default=96, ge=16)
     max_per_class: int | None = None
     max_queries: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=128, ge=1)
     cci: CCITrainConfig = Field(default_factory=CCITrainConfig)
+    cci_budgets: list[int] | None = Field(
+        default=None,
+        description="candidate CCI step counts; the best on a lesion-grouped validation split "
+        "of the pool (macro agreement@max(ks) of topk) is used (None: cci.train.max_steps)",
+    )
+    validation_size: float = Field(default=0.25, gt=0, lt=1)
     lmm: LMMArmConfig = Field(default_factory=LMMArmConfig)
     out_dir: Path | None = None
 
@@ -88,6 +104,7 @@ class RetrievalRow:
     class_agreement: float
     knn_accuracy: float
     knn_balanced_accuracy: float
+    macro_agreement: float = float("nan")  # agreement averaged per query class
 
 
 def split_domains(ds: ImageSet, cfg: RetrievalEvalConfig) -> tuple[ImageSet, ImageSet]:
@@ -105,7 +122,38 @@ def split_domains(ds: ImageSet, cfg: RetrievalEvalConfig) -> tuple[ImageSet, Ima
     if cfg.max_queries is not None and len(queries) > cfg.max_queries:
         rng = np.random.default_rng(0)
         queries = queries.subset(np.sort(rng.choice(len(queries), cfg.max_queries, False)))
+    table = class_table(pool, queries)
+    empty = table[(table["pool"] == 0) | (table["queries"] == 0)]
+    if not empty.empty:
+        detail = ", ".join(
+            f"'{c}' ({r.pool} in the pool, {r.queries} queries)" for c, r in empty.iterrows()
+        )
+        raise InvalidInputError(
+            cfg.data.path or "data.path",
+            f"the domain split leaves class(es) empty on one side: {detail}; pick other "
+            "source/target domains or leave the class out with data.classes + "
+            "data.drop_unmapped=true",
+        )
     return pool, queries
+
+
+def class_table(pool: ImageSet, queries: ImageSet) -> pd.DataFrame:
+    """Images per class in the pool and among the queries (rows: every class of the map)."""
+    classes = sorted(pool.class_map, key=pool.class_map.__getitem__)
+    return pd.DataFrame(
+        {
+            "pool": [int((pool.df["label"] == c).sum()) for c in classes],
+            "queries": [int((queries.df["label"] == c).sum()) for c in classes],
+        },
+        index=pd.Index(classes, name="class"),
+    )
+
+
+def _identity(encoder: str) -> dict[str, str | None]:
+    """An encoder name and, for a ``medcl:`` file, the sha256 of its weights."""
+    path = Path(encoder.removeprefix("medcl:"))
+    sha = file_sha256(path) if encoder.startswith("medcl:") and path.is_file() else None
+    return {"name": encoder, "sha256": sha}
 
 
 def _embed(
@@ -146,22 +194,26 @@ def score_selector(
 
     Returns the rows and each query's selection (for the LMM arm).
     """
-    base = (
-        "random" if selector == "random" else ("invariant" if selector == "invariant" else "topk")
-    )
-    sel = create_selector(base, max_per_class=max_per_class)
-    meta = pool.df[["label", "domain", "group"]].reset_index(drop=True)
-    meta = meta.assign(label=pool.labels)
-    picks = sel.select(
-        query_emb,
-        pool_emb,
-        meta,
-        max(ks),
-        query_group=list(queries.df["group"].astype(str)),
-        rng=np.random.default_rng(seed),
-    )
-    labels, scores = stack_selections(picks, pool.labels, max(ks))
     y = queries.labels
+    picks: list[Selection] = []
+    if selector == "majority":  # the baseline a micro-averaged agreement flatters
+        majority = int(np.bincount(pool.labels).argmax())
+        labels = np.full((len(y), max(ks)), majority, dtype=np.int64)
+        scores = np.ones(labels.shape)
+    else:
+        base = {"random": "random", "invariant": "invariant"}.get(selector, "topk")
+        sel = create_selector(base, max_per_class=max_per_class)
+        meta = pool.df[["label", "domain", "group"]].reset_index(drop=True)
+        meta = meta.assign(label=pool.labels)
+        picks = sel.select(
+            query_emb,
+            pool_emb,
+            meta,
+            max(ks),
+            query_group=list(queries.df["group"].astype(str)),
+            rng=np.random.default_rng(seed),
+        )
+        labels, scores = stack_selections(picks, pool.labels, max(ks))
     rows = []
     for k in ks:
         pred = knn_vote(labels[:, :k], scores[:, :k], len(pool.class_map), weighted=False)
@@ -174,6 +226,7 @@ def score_selector(
                 class_agreement_at_k(labels[:, :k], y),
                 m["accuracy"],
                 m["balanced_accuracy"],
+                macro_agreement_at_k(labels[:, :k], y),
             )
         )
     return rows, picks
@@ -215,26 +268,37 @@ def lmm_episodes(
     return out
 
 
+def _cell(values: pd.Series) -> str:
+    mean, half = mean_interval(values.to_numpy())
+    return f"{mean:.3f}" if np.isnan(half) else f"{mean:.3f} +- {half:.3f}"
+
+
 def _table(rows: list[RetrievalRow], ks: Sequence[int]) -> str:
+    """Headline: macro agreement and balanced k-NN accuracy at max(ks), mean +- 95% interval."""
     df = pd.DataFrame([r.__dict__ for r in rows])
     kmax = max(ks)
     lines = [
-        f"| selector | class agreement@{kmax} | k-NN balanced acc. (k={kmax}) | "
-        f"k-NN acc. (k={kmax}) | " + " | ".join(f"agreement@{k}" for k in ks) + " |",
-        "|" + " --- |" * (4 + len(ks)),
+        f"| selector | macro agreement@{kmax} | k-NN balanced acc. (k={kmax}) | "
+        f"agreement@{kmax} | k-NN acc. (k={kmax}) | "
+        + " | ".join(f"macro agr.@{k}" for k in ks)
+        + " |",
+        "|" + " --- |" * (5 + len(ks)),
     ]
     for name, grp in df.groupby("selector", sort=False):
         top = grp[grp.k == kmax]
-
-        def cell(values: pd.Series) -> str:
-            std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-            return f"{values.mean():.3f} +- {std:.3f}"
-
-        per_k = " | ".join(f"{grp[grp.k == k].class_agreement.mean():.3f}" for k in ks)
+        per_k = " | ".join(f"{grp[grp.k == k].macro_agreement.mean():.3f}" for k in ks)
         lines.append(
-            f"| {name} | {cell(top.class_agreement)} | "
-            f"{cell(top.knn_balanced_accuracy)} | {cell(top.knn_accuracy)} | {per_k} |"
+            f"| {name} | {_cell(top.macro_agreement)} | {_cell(top.knn_balanced_accuracy)} | "
+            f"{_cell(top.class_agreement)} | {_cell(top.knn_accuracy)} | {per_k} |"
         )
+    n = df.seed.nunique()
+    lines.append(f"\nmean +- half-width of the 95% t-interval over {n} seeds.")
+    return "\n".join(lines) + "\n"
+
+
+def _class_markdown(table: pd.DataFrame, source: str, target: str) -> str:
+    lines = [f"| class | pool ({source}) | queries ({target}) |", "| --- | --- | --- |"]
+    lines += [f"| {c} | {r.pool} | {r.queries} |" for c, r in table.iterrows()]
     return "\n".join(lines) + "\n"
 
 
@@ -245,7 +309,7 @@ def _plot(rows: list[RetrievalRow], ks: Sequence[int], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     df = pd.DataFrame([r.__dict__ for r in rows])
-    metrics = ("class_agreement", "knn_balanced_accuracy", "knn_accuracy")
+    metrics = ("macro_agreement", "knn_balanced_accuracy", "class_agreement")
     fig, axes = plt.subplots(1, len(metrics), figsize=(13, 3.8))
     for ax, metric in zip(axes, metrics, strict=True):
         for name, grp in df.groupby("selector", sort=False):
@@ -292,6 +356,65 @@ def _plot_lmm(summary: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
+def choose_budget(cfg: RetrievalEvalConfig, pool: ImageSet, out: Path, root: Path | None) -> int:
+    """The CCI step count of ``cfg.cci_budgets`` with the best validation macro agreement.
+
+    The pool is split by group (lesion), stratified by class; CCI (seed ``cfg.seeds[0]``) trains
+    on one part for the smallest budget, then resumes to the next, and so on; after each budget
+    the other part is queried against the training part with ``topk`` in the tuned space.
+    Budget 0 is the starting encoder. Ties go to the smaller budget; ``validation.csv`` keeps
+    every score.
+    """
+    from medcl.io.splits import group_split
+
+    budgets = sorted(set(cfg.cci_budgets or []))
+    split = group_split(
+        pool.df["group"].to_numpy(),
+        pool.labels,
+        test_size=cfg.validation_size,
+        seed=cfg.seeds[0],
+    )
+    train, val = pool.subset(split["train"]), pool.subset(split["test"])
+    seed = cfg.seeds[0]
+    cci = cfg.cci.model_copy(deep=True)
+    cci.encoder = cfg.encoder
+    key = {"cci": output_settings(cci.model_dump(mode="json")), "start": _identity(cfg.encoder)}
+    key["split"] = {"val": cfg.validation_size, "seed": seed, "n": len(pool)}
+    folder = out / f"cci_validation_{settings_digest(key)}"
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = folder / "train.csv"
+    train.df[["path", "label", "domain", "group"]].to_csv(manifest, index=False)
+    cci.data = PatchDataConfig(path=manifest, format="manifest", use="all", num_workers=0)
+    cci.data = cci.data.model_copy(
+        update={"num_workers": cfg.data.num_workers, "classes": list(pool.classes)}
+    )
+    kmax = max(cfg.ks)
+    scores: dict[int, float] = {}
+    for b in budgets:
+        name = cfg.encoder
+        if b > 0:
+            enc_file = folder / f"encoder_{b}.pt"
+            if not enc_file.is_file():
+                cci.out_dir = folder / "cci"
+                cci.train = cfg.cci.train.model_copy(update={"seed": seed, "max_steps": b})
+                res = run_train_cci(cci, data_root=root)
+                shutil.copyfile(res.encoder, enc_file)
+            name = f"medcl:{enc_file}"
+        cache = folder / f"embeddings_{b}_px{cfg.image_size}.npz"
+        train_emb, val_emb = _embed(name, [train, val], cfg, cache, seed)
+        rows, _ = score_selector(
+            "topk", train_emb, val_emb, train, val, [kmax], seed, cfg.max_per_class
+        )
+        scores[b] = rows[0].macro_agreement
+        log.info("CCI budget %d: validation macro agreement@%d %.4f", b, kmax, scores[b])
+    pd.DataFrame({"steps": list(scores), f"macro_agreement@{kmax}": list(scores.values())}).to_csv(
+        out / "validation.csv", index=False
+    )
+    best = max(scores, key=lambda b: (round(scores[b], 4), -b))
+    log.info("chosen CCI budget: %d steps", best)
+    return best
+
+
 def run_retrieval_eval(
     cfg: RetrievalEvalConfig,
     *,
@@ -308,25 +431,42 @@ def run_retrieval_eval(
     rows: list[RetrievalRow] = []
     client = client_from_config(cfg.lmm, out / "lmm_cache")
     episodes: list[Episode] = []
+    budget = cfg.cci.train.max_steps
+    if cfg.cci_budgets:
+        budget = choose_budget(cfg, pool, out, root)
     for seed in cfg.seeds:
-        cci_dir = out / f"cci_seed{seed}"
-        if not (cci_dir / "encoder.pt").is_file():
-            cci = cfg.cci.model_copy(deep=True)
-            cci.encoder, cci.out_dir = cfg.encoder, cci_dir
-            cci.data = cfg.data.model_copy(update={"domains": cfg.source_domains, "use": "all"})
-            cci.train = cci.train.model_copy(update={"seed": seed})
-            run_train_cci(cci, data_root=root)
-        encoders = {
-            "topk (random init)": cfg.random_encoder,
-            "topk": cfg.encoder,
-            "invariant": f"medcl:{cci_dir / 'encoder.pt'}",
+        cci = cfg.cci.model_copy(deep=True)
+        cci.encoder = cfg.encoder
+        cci.data = cfg.data.model_copy(update={"domains": cfg.source_domains, "use": "all"})
+        cci.train = cci.train.model_copy(update={"seed": seed, "max_steps": budget or 1})
+        # named by its settings (and the starting weights): a changed recipe trains anew
+        cci_settings = {
+            "cci": output_settings(cci.model_dump(mode="json")),
+            "start": _identity(cfg.encoder),
         }
+        encoders = {"topk (random init)": cfg.random_encoder} if cfg.random_encoder else {}
+        encoders["topk"] = cfg.encoder
+        if budget:
+            cci_dir = out / f"cci_seed{seed}_{settings_digest(cci_settings)}"
+            if not (cci_dir / "encoder.pt").is_file():
+                cci.out_dir = cci_dir
+                run_train_cci(cci, data_root=root)
+            encoders["invariant"] = f"medcl:{cci_dir / 'encoder.pt'}"
+        else:  # validation preferred no CCI at all: InvariantSelectPR is TopKNearestPR here
+            log.warning("validation chose 0 CCI steps: invariant uses the starting encoder")
+            encoders["invariant"] = cfg.encoder
         embedded: dict[str, list[np.ndarray]] = {}
         for name, enc in encoders.items():
-            cache = out / "embeddings" / f"{slug(name)}_seed{seed}.npz"
+            key = {
+                "encoder": _identity(enc),
+                "image_size": cfg.image_size,
+                "pool": pool.df["path"].astype(str).tolist(),
+                "queries": queries.df["path"].astype(str).tolist(),
+            }
+            cache = out / "embeddings" / f"{slug(name)}_seed{seed}_{settings_digest(key)}.npz"
             embedded[name] = _embed(enc, [pool, queries], cfg, cache, seed)
-        for name in ("random", *encoders):
-            pool_emb, query_emb = embedded["topk" if name == "random" else name]
+        for name in ("random", "majority", *encoders):
+            pool_emb, query_emb = embedded["topk" if name in ("random", "majority") else name]
             scored, picks = score_selector(
                 name, pool_emb, query_emb, pool, queries, cfg.ks, seed, cfg.max_per_class
             )
@@ -334,6 +474,9 @@ def run_retrieval_eval(
             if client is not None and seed in cfg.lmm.seeds:
                 episodes += lmm_episodes(name, picks, pool, queries, cfg.lmm, seed)
     table = _table(rows, cfg.ks)
+    source = "+".join(cfg.source_domains)
+    target = "+".join(cfg.target_domains) if cfg.target_domains else "other domains"
+    table += "\n" + _class_markdown(class_table(pool, queries), source, target)
     if client is not None:
         answers = run_lmm_arm(episodes, pool.classes, client, out / ANSWERS_FILE, cfg.lmm)
         summary = summarise(answers)
@@ -349,7 +492,10 @@ def run_retrieval_eval(
     if readme is not None:
         note = (
             f"Produced by `medcl retrieval eval` (seeds {cfg.seeds}): pool {len(pool)} "
-            f"source images, {len(queries)} target queries."
+            f"source images, {len(queries)} target queries; encoder {cfg.encoder}, CCI "
+            f"{budget} steps{' (chosen by validation)' if cfg.cci_budgets else ''}."
         )
-        update_readme(readme, table, note, markers=MARKERS)
+        # one marker pair per protocol: <!-- retrieval:start --> for the config named retrieval
+        markers = (f"<!-- {cfg.name}:start -->", f"<!-- {cfg.name}:end -->")
+        update_readme(readme, table, note, markers=markers)
     return rows, table

@@ -6,8 +6,13 @@ cosine similarity. Kinds (``INDEX_KINDS``): ``exact`` (``IndexFlatIP``), ``hnsw`
 (``IndexIVFFlat``, inner product; options ``nlist``, ``nprobe``; trained on its first add).
 Row ``i`` of the metadata frame (``path, label, domain, group`` and any extra columns) describes
 vector ``i``. A saved index is a folder: ``index.faiss``, ``metadata.parquet`` (``metadata.csv``
-when pyarrow is absent) and ``index.json`` (kind, dim, count, fingerprint, options, version,
-time); :meth:`DemoIndex.load` refuses an index built from another encoder or pool.
+when pyarrow is absent) and ``index.json`` (kind, dim, count, source, fingerprint, options,
+version, time); :meth:`DemoIndex.load` refuses an index built from another encoder or pool.
+
+The fingerprint is never stored as an opaque label: it is computed from the index's
+:class:`IndexSource` (encoder name, weights sha256, eval transform) and the paths of the vectors
+it holds, so :meth:`DemoIndex.add` keeps it true, and a caller compares it with the fingerprint
+of *its* encoder over *its* current pool (:func:`medcl.retrieval.pool.open_pool_index`).
 """
 
 from __future__ import annotations
@@ -172,6 +177,18 @@ def fingerprint(
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
+class IndexSource(StrictModel):
+    """What the vectors of an index were computed with (the pool is the metadata's paths)."""
+
+    encoder: str
+    encoder_sha256: str | None = None
+    transform: dict[str, Any] = Field(default_factory=dict)
+
+    def fingerprint(self, pool_paths: Sequence[str]) -> str:
+        """:func:`fingerprint` of this encoder over ``pool_paths``."""
+        return fingerprint(self.encoder, self.encoder_sha256, pool_paths, self.transform)
+
+
 def normalised_matrix(x: np.ndarray, name: str, dim: int | None = None) -> np.ndarray:
     """``x`` (N, D) checked (2-D, finite, no zero rows, ``D == dim``), L2-normalised, float32."""
     x = np.asarray(x)
@@ -252,6 +269,7 @@ class _IndexInfo(StrictModel):
     kind: str
     dim: int = Field(ge=1)
     count: int = Field(ge=0)
+    source: IndexSource | None = None  # None: written by medcl before the source was stored
     fingerprint: str
     options: dict[str, Any]
     metadata_file: str
@@ -268,11 +286,16 @@ class DemoIndex:
     """
 
     def __init__(
-        self, index: Any, metadata: pd.DataFrame, kind: str, options: StrictModel, fp: str
+        self,
+        index: Any,
+        metadata: pd.DataFrame,
+        kind: str,
+        options: StrictModel,
+        source: IndexSource,
     ) -> None:
         self._index, self.metadata, self._kind, self._options = index, metadata, kind, options
         self._spec = INDEX_KINDS.create(kind)
-        self.fingerprint = fp
+        self.source = source
         self._spec.configure(index, options)
         self._prefilter: Int8Prefilter | None = None
 
@@ -283,10 +306,10 @@ class DemoIndex:
         metadata: pd.DataFrame,
         *,
         kind: str = "exact",
-        fingerprint: str,
+        source: IndexSource,
         **opts: Any,
     ) -> DemoIndex:
-        """Index ``embeddings`` (N, D) described by ``metadata`` (N rows).
+        """Index ``embeddings`` (N, D) described by ``metadata`` (N rows), made by ``source``.
 
         ``N`` may be 0 (an ``ivf`` index then trains on its first :meth:`add`). ``opts`` are the
         kind's options (:class:`HNSWOptions`, :class:`IVFOptions`); unknown ones are errors.
@@ -297,9 +320,14 @@ class DemoIndex:
         if x.ndim != 2 or x.shape[1] < 1:
             raise ValueError(f"embeddings must be a 2-D array (N, D), got shape {x.shape}")
         empty = _check_metadata(metadata, x.shape[0]).iloc[:0]
-        out = cls(spec.make(x.shape[1], options), empty, kind, options, fingerprint)
+        out = cls(spec.make(x.shape[1], options), empty, kind, options, source)
         out.add(x, metadata)
         return out
+
+    @property
+    def fingerprint(self) -> str:
+        """The source's fingerprint over the paths the index holds now (true after ``add``)."""
+        return self.source.fingerprint(self.metadata["path"].astype(str).tolist())
 
     @property
     def dim(self) -> int:
@@ -417,6 +445,7 @@ class DemoIndex:
             kind=self.kind,
             dim=self.dim,
             count=len(self),
+            source=self.source,
             fingerprint=self.fingerprint,
             options=self.options,
             metadata_file=meta_name,
@@ -432,12 +461,22 @@ class DemoIndex:
     def load(cls, folder: str | Path, *, expected_fingerprint: str | None) -> DemoIndex:
         """Read a folder written by :meth:`save`.
 
+        The fingerprint is recomputed from the stored source and metadata paths, so a metadata
+        file edited after saving is caught too.
+
         Raises:
-            InvalidInputError: missing or corrupt files, or a fingerprint other than
-                ``expected_fingerprint`` (``None`` skips that check).
+            InvalidInputError: missing or corrupt files, an index without a stored source
+                (written by an older medcl), or a fingerprint other than ``expected_fingerprint``
+                (``None`` skips that check).
         """
         folder = Path(folder)
         info = _read_info(folder)
+        if info.source is None:
+            raise InvalidInputError(
+                folder,
+                f"{INFO_FILE} does not record the encoder the index was built with (an older "
+                "medcl wrote it): rebuild it with medcl retrieval index",
+            )
         if expected_fingerprint is not None and info.fingerprint != expected_fingerprint:
             raise InvalidInputError(
                 folder,
@@ -470,7 +509,14 @@ class DemoIndex:
                 f"{INFO_FILE} says {info.count} of dimension {info.dim}",
             )
         metadata = _read_metadata(folder, info)
-        return cls(index, metadata, info.kind, options, info.fingerprint)
+        out = cls(index, metadata, info.kind, options, info.source)
+        if out.fingerprint != info.fingerprint:
+            raise InvalidInputError(
+                folder,
+                f"{info.metadata_file} does not match the fingerprint in {INFO_FILE} "
+                f"({out.fingerprint} vs {info.fingerprint}): edited after saving",
+            )
+        return out
 
 
 def _sha256(path: Path) -> str:

@@ -2,7 +2,8 @@
 
 ``build_pool_index`` embeds a labelled image set with a registry encoder and saves a
 :class:`~medcl.retrieval.index.DemoIndex` whose fingerprint ties it to that encoder (name, weights
-sha256, eval transform) and pool. ``open_pool_index`` refuses it when used with another encoder.
+sha256, eval transform) and pool. ``open_pool_index`` refuses it when used with another encoder
+or when the caller's current pool (re-listed from the data, not read from the index) differs.
 ``select_demonstrations`` embeds a query image and returns its k demonstrations, ready for
 :func:`~medcl.retrieval.prompts.build_messages`.
 """
@@ -18,14 +19,14 @@ import numpy as np
 from pydantic import Field
 from torch.utils.data import DataLoader
 
-from medcl.config import StrictModel, save_config
+from medcl.config import RESOLVED_CONFIG_NAME, StrictModel, load_config, save_config
 from medcl.errors import InvalidInputError
 from medcl.io.images import read_image
 from medcl.models.encoder_base import Encoder
 from medcl.models.encoders import create_encoder
 from medcl.pretrain.patch_data import ImageViewsDataset, PatchDataConfig, load_filtered_image_set
 from medcl.pretrain.probe import extract_features
-from medcl.retrieval.index import DemoIndex, fingerprint
+from medcl.retrieval.index import DemoIndex, IndexSource
 from medcl.retrieval.prompts import Demonstration
 from medcl.retrieval.selectors import create_selector
 from medcl.workspace import data_root as resolve_data_root
@@ -55,10 +56,40 @@ def load_encoder(name: str, image_size: int | None) -> Encoder:
     return encoder.eval()
 
 
+def encoder_source(encoder: Encoder, name: str) -> IndexSource:
+    """What ``encoder`` contributes to a fingerprint: name, weights sha256, eval transform."""
+    sha = encoder.provenance.get("sha256") if isinstance(encoder.provenance, dict) else None
+    return IndexSource(encoder=name, encoder_sha256=sha, transform=encoder.spec.to_dict())
+
+
 def encoder_fingerprint(encoder: Encoder, name: str, pool_paths: list[str]) -> str:
     """The fingerprint of ``encoder`` (name, weights sha256, transform) over ``pool_paths``."""
-    sha = encoder.provenance.get("sha256") if isinstance(encoder.provenance, dict) else None
-    return fingerprint(name, sha, pool_paths, encoder.spec.to_dict())
+    return encoder_source(encoder, name).fingerprint(pool_paths)
+
+
+def pool_paths(cfg: PoolIndexConfig, data_root: Path | None) -> list[str]:
+    """The image paths of the pool ``cfg`` describes, listed from the data as it is now."""
+    pool = load_filtered_image_set(cfg.data, data_root or resolve_data_root())
+    return [str(p) for p in pool.df["path"]]
+
+
+def current_pool_paths(folder: Path, data_root: Path | None = None) -> list[str]:
+    """The pool an index folder was built from, re-listed from the data as it is now.
+
+    Reads the index's saved ``config.yaml`` (its data settings, the path resolved when the
+    index was built; ``data_root`` serves older relative ones) and lists the images again, so
+    images added to or removed from the image set since the index was built show up as a
+    fingerprint mismatch.
+
+    Raises:
+        InvalidInputError: no saved config in ``folder`` (not made by ``retrieval index``).
+    """
+    config = Path(folder) / RESOLVED_CONFIG_NAME
+    if not config.is_file():
+        raise InvalidInputError(
+            folder, f"no {RESOLVED_CONFIG_NAME}: cannot list the pool it was built from"
+        )
+    return pool_paths(load_config(PoolIndexConfig, config), data_root)
 
 
 def build_pool_index(
@@ -66,8 +97,13 @@ def build_pool_index(
 ) -> Path:
     """Embed the pool and save the index folder; returns it."""
     out = job_dir(cfg.out_dir, workspace, "retrieval_index", cfg.name)
+    root = data_root or resolve_data_root()
+    path = cfg.data.path
+    if path is not None and not path.is_absolute() and root is not None:
+        # saved resolved: a later query re-lists this pool without being told the data root
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": root / path})})
     save_config(cfg, out)
-    pool = load_filtered_image_set(cfg.data, data_root or resolve_data_root())
+    pool = load_filtered_image_set(cfg.data, root)
     encoder = load_encoder(cfg.encoder, cfg.image_size)
     loader = DataLoader(
         ImageViewsDataset(pool, encoder.eval_transform),
@@ -76,16 +112,26 @@ def build_pool_index(
     )
     emb, _ = extract_features(encoder, loader)
     meta = pool.df.reset_index(drop=True).assign(path=lambda d: d["path"].astype(str))
-    fp = encoder_fingerprint(encoder, cfg.encoder, list(meta["path"]))
-    DemoIndex.build(emb, meta, kind=cfg.kind, fingerprint=fp, **cfg.options).save(out)
-    log.info("indexed %d images (%s, fingerprint %s) in %s", len(meta), cfg.kind, fp, out)
+    source = encoder_source(encoder, cfg.encoder)
+    index = DemoIndex.build(emb, meta, kind=cfg.kind, source=source, **cfg.options)
+    index.save(out)
+    log.info(
+        "indexed %d images (%s, fingerprint %s) in %s", len(meta), cfg.kind, index.fingerprint, out
+    )
     return out
 
 
-def open_pool_index(folder: Path, encoder: Encoder, encoder_name: str) -> DemoIndex:
-    """Load an index folder, refusing it if it was built with another encoder or pool."""
-    unchecked = DemoIndex.load(folder, expected_fingerprint=None)
-    expected = encoder_fingerprint(encoder, encoder_name, list(unchecked.metadata["path"]))
+def open_pool_index(
+    folder: Path, encoder: Encoder, encoder_name: str, pool: list[str] | None = None
+) -> DemoIndex:
+    """Load an index folder, refusing it if it was built with another encoder or pool.
+
+    ``pool`` is the caller's current pool (image paths); ``None`` re-lists it from the data
+    with the index's saved data settings (:func:`current_pool_paths`). Never the index's own
+    metadata, which would always agree with itself.
+    """
+    paths = current_pool_paths(folder) if pool is None else pool
+    expected = encoder_fingerprint(encoder, encoder_name, paths)
     return DemoIndex.load(folder, expected_fingerprint=expected)
 
 

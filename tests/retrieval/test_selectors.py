@@ -300,3 +300,37 @@ def test_stack_selections_pads_short_rows() -> None:
     labels, scores = stack_selections(sels, np.array([5, 6, 7]), 2)
     assert labels.tolist() == [[7, 5], [6, -1]]
     assert scores.tolist() == [[0.9, 0.8], [0.5, 0.0]]
+
+
+def test_macro_agreement_and_interval_references() -> None:
+    from scipy import stats
+
+    from medcl.retrieval.metrics import macro_agreement_at_k, mean_interval
+
+    sel = np.array([[0, 0], [0, 0], [0, 0], [1, 0]])
+    q = np.array([0, 0, 0, 1])
+    assert macro_agreement_at_k(sel, q) == pytest.approx((1.0 + 0.5) / 2)
+    x = [0.2, 0.3, 0.4]
+    mean, half = mean_interval(x)
+    assert mean == pytest.approx(0.3)
+    assert half == pytest.approx(stats.t.ppf(0.975, 2) * np.std(x, ddof=1) / np.sqrt(3))
+    assert np.isnan(mean_interval([0.5])[1])
+
+
+def test_class_balanced_sampler_draws_classes_equally_and_repeatably() -> None:
+    from medcl.retrieval.cci_train import ClassBalancedSampler
+
+    labels = np.array([0] * 90 + [1] * 9 + [2] * 1)
+    s = ClassBalancedSampler(labels, seed=0)
+    draws = []
+    for epoch in range(40):
+        s.set_epoch(epoch)
+        draws += list(s)
+    share = np.bincount(labels[np.array(draws)], minlength=3) / len(draws)
+    np.testing.assert_allclose(share, [1 / 3] * 3, atol=0.03)
+    again = ClassBalancedSampler(labels, seed=0)
+    assert list(again) == list(ClassBalancedSampler(labels, seed=0))
+    again.set_epoch(1)
+    assert list(again) != list(ClassBalancedSampler(labels, seed=0))
+    halves = [list(ClassBalancedSampler(labels, 0, rank=r, world_size=2)) for r in (0, 1)]
+    assert len(halves[0]) == len(halves[1]) == 50

@@ -25,7 +25,7 @@ from medcl.wsi.features import extract_features
 from medcl.wsi.jobs import TileJobConfig, run_tile_job
 
 ENCODER = "open_clip:medcl-tiny-vit"
-OUT = "features_open_clip_medcl-tiny-vit"
+OUT = "features_open_clip_medcl-tiny-vit_px64_fp32_seed0_k"  # + digest of the other settings
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -57,6 +57,13 @@ def _job(root: Path, with_bad: bool = True) -> Path:
     return root
 
 
+def _out(job: Path) -> Path:
+    """The job's only features folder (named by its settings)."""
+    (found,) = [p for p in job.glob("features_*") if p.is_dir()]
+    assert found.name.startswith(OUT)
+    return found
+
+
 def _status(path: Path) -> dict[str, tuple[str, str]]:
     with path.open(newline="") as fh:
         return {r["slide"]: (r["state"], r["n_tiles"]) for r in csv.DictReader(fh)}
@@ -76,7 +83,7 @@ def test_job_records_failures_resumes_and_skips(
     argv = ["--job", str(job), "--encoder", ENCODER, "--slides", str(slides)]
     argv += ["--device", "cpu", "--num-workers", "0", "--batch-size", "4"]
     assert _cli(argv) == 1  # one slide failed, the others finished
-    out = job / OUT
+    out = _out(job)
     assert _status(out / "status.csv") == {
         "a": ("ok", "5"), "b": ("ok", "3"), "c": ("ok", "6"),
         "d": ("failed", "0"), "e": ("empty", "0"),
@@ -122,7 +129,7 @@ def test_slides_are_found_from_the_tiling_config(slides: Path, tmp_path: Path) -
     assert summary["ok"] == 3 and summary["tiles"] == 14
 
     (job / "config.yaml").unlink()
-    shutil.rmtree(job / OUT)
+    shutil.rmtree(_out(job))
     summary = run_extract_job(cfg)
     assert summary["failed"] == 3
     assert summary["failures"]["a"].endswith(
@@ -142,7 +149,7 @@ def test_after_the_tiling_job_with_resized_tiles(tmp_path: Path) -> None:
     cfg = ExtractConfig(job=tmp_path / "job", encoder=ENCODER, device="cpu", num_workers=0)
     summary = run_extract_job(cfg)  # the slide is found through the tiling job's config.yaml
     assert summary["ok"] == 1 and summary["tiles"] > 0
-    with h5py.File(tmp_path / "job" / OUT / "x.h5", "r") as f:
+    with h5py.File(_out(tmp_path / "job") / "x.h5", "r") as f:
         feats, coords = f["features"][()], f["coords"][()]
         assert f["coords"].attrs["read_size"] == 96 and f["coords"].attrs["patch_size"] == 64
     encoder = build_encoder(cfg)
@@ -170,13 +177,68 @@ def test_two_processes_write_the_one_process_features(slides: Path, tmp_path: Pa
     summary = yaml.safe_load(result.stdout)  # printed once, by rank 0
     assert summary["world_size"] == 2 and summary["ok"] == 3 and summary["tiles"] == 14
     assert summary["slides_per_rank"] == [2, 1]  # rank 0: a, c; rank 1: b
-    assert _status(ddp / OUT / "status.csv") == {
+    assert _status(_out(ddp) / "status.csv") == {
         "a": ("ok", "5"),
         "b": ("ok", "3"),
         "c": ("ok", "6"),
     }
     for stem in "abc":
-        with h5py.File(single / OUT / f"{stem}.h5") as f, h5py.File(ddp / OUT / f"{stem}.h5") as g:
+        with h5py.File(_out(single) / f"{stem}.h5") as f, h5py.File(_out(ddp) / f"{stem}.h5") as g:
             assert g.attrs["complete"]
             np.testing.assert_array_equal(f["coords"][()], g["coords"][()])
             np.testing.assert_allclose(f["features"][()], g["features"][()], rtol=0, atol=1e-5)
+
+
+def test_other_weights_size_or_precision_never_reuse_old_features(
+    slides: Path, tmp_path: Path
+) -> None:
+    import json
+
+    from medcl.models.encoders import create_encoder
+
+    job = _job(tmp_path / "job", with_bad=False)
+    base = ExtractConfig(job=job, encoder=ENCODER, slides=slides, device="cpu", num_workers=0)
+    first = run_extract_job(base)
+    assert first["ok"] == 3 and first["skipped"] == 0
+    random_dir = Path(first["out_dir"])
+    settings = json.loads((random_dir / "settings.json").read_text())
+    assert settings["weights_sha256"] is None and settings["seed"] == 0
+
+    torch.manual_seed(7)  # "real" weights: another file, other features
+    weights = tmp_path / "w.pt"
+    torch.save(create_encoder(ENCODER).backbone.state_dict(), weights)
+    real = run_extract_job(base.model_copy(update={"weights": weights}))
+    real_dir = Path(real["out_dir"])
+    assert real_dir != random_dir and real["skipped"] == 0 and real["tiles"] == 14
+    from medcl.engine.checkpoint import file_sha256
+
+    sha = file_sha256(weights)
+    assert f"_w{sha[:8]}_" in real_dir.name and "seed" not in real_dir.name
+    assert json.loads((real_dir / "settings.json").read_text())["weights_sha256"] == sha
+    with h5py.File(random_dir / "a.h5") as f, h5py.File(real_dir / "a.h5") as g:
+        assert not np.allclose(f["features"][()], g["features"][()], atol=1e-3)
+    assert run_extract_job(base.model_copy(update={"weights": weights}))["skipped"] == 3
+
+    for change in ({"image_size": 32}, {"precision": "bf16"}, {"seed": 1}):
+        other = run_extract_job(base.model_copy(update=change))
+        assert Path(other["out_dir"]) not in (random_dir, real_dir) and other["skipped"] == 0
+    assert len(list(job.glob("features_*"))) == 5
+
+
+def test_a_folder_with_other_or_unknown_settings_is_refused(slides: Path, tmp_path: Path) -> None:
+    import json
+
+    job = _job(tmp_path / "job", with_bad=False)
+    cfg = ExtractConfig(job=job, encoder=ENCODER, slides=slides, device="cpu", num_workers=0)
+    out = Path(run_extract_job(cfg)["out_dir"])
+    stored = json.loads((out / "settings.json").read_text())
+    (out / "settings.json").write_text(json.dumps({**stored, "weights_sha256": "ab" * 32}))
+    with pytest.raises(InvalidInputError) as err:
+        run_extract_job(cfg)
+    assert str(err.value).startswith(
+        f"{out}: holds outputs made with other settings (weights_sha256: '{'ab' * 32}' "
+        "stored, None now)"
+    )
+    (out / "settings.json").unlink()  # features of an older medcl: how they were made is unknown
+    with pytest.raises(InvalidInputError, match=r"holds outputs but no settings\.json"):
+        run_extract_job(cfg)
