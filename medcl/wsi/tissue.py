@@ -52,9 +52,35 @@ from medcl.wsi.components import (
     remove_small_holes,
     remove_small_objects,
 )
+from medcl.wsi.hsv_rules import (
+    LEVELS,
+    PEN_COLORS,
+    hsv_levels,
+    otsu_of_levels,
+    pen_mask,
+    pen_mask_levels,
+    rgb_to_hsv,
+    where_levels,
+)
 from medcl.wsi.morphology import binary_closing, binary_dilation, binary_opening
+from medcl.wsi.polyline import simplify_polyline
 
-PEN_COLORS: tuple[str, ...] = ("blue", "green", "black", "red")
+__all__ = [
+    "PEN_COLORS",
+    "TissuePolygon",
+    "TissueResult",
+    "contours_to_geojson",
+    "detect_tissue",
+    "mask_to_polygons",
+    "pen_mask",
+    "polygons_to_mask",
+    "read_geojson_polygons",
+    "rgb_to_hsv",
+    "signed_area",
+    "simplify_polyline",
+    "write_geojson",
+]
+
 TISSUE_CLASS = {"name": "Tissue", "color": [0, 160, 60]}
 
 
@@ -73,111 +99,6 @@ class TissueResult:
     mask: np.ndarray
     contours: list[TissuePolygon]
     threshold: float
-
-
-def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
-    """``(h, w, 3)`` uint8 RGB -> ``(h, w, 3)`` float32 HSV in [0, 1], to 1/255 of
-    :func:`skimage.color.rgb2hsv` (through Pillow's C conversion, ~10x faster)."""
-    from PIL import Image
-
-    hsv = Image.fromarray(np.ascontiguousarray(rgb[..., :3], dtype=np.uint8)).convert("HSV")
-    return np.asarray(hsv, dtype=np.float32) / np.float32(255.0)
-
-
-_PEN_RULES: dict[str, tuple[Any, Any, Any]] = {
-    # per colour: predicates on hue, saturation and value (floats in [0, 1]), all must hold
-    "blue": (lambda h: (h >= 0.55) & (h <= 0.70), lambda s: s >= 0.40, lambda v: v >= 0.55),
-    "green": (lambda h: (h >= 0.20) & (h < 0.55), lambda s: s >= 0.20, lambda v: v >= 0),
-    "black": (lambda h: h >= 0, lambda s: s < 0.25, lambda v: v < 0.25),
-    "red": (lambda h: (h >= 0.97) | (h <= 0.03), lambda s: s >= 0.75, lambda v: v >= 0.40),
-}
-# the 256 values a channel of rgb_to_hsv takes, exactly as it computes them
-_LEVELS = np.arange(256, dtype=np.float32) / np.float32(255.0)
-
-
-def _check_colors(colors: Sequence[str]) -> None:
-    unknown = sorted(set(colors) - set(PEN_COLORS))
-    if unknown:
-        raise ValueError(f"unknown pen colours {unknown}; choose from {', '.join(PEN_COLORS)}")
-
-
-def _hsv_levels(rgb: np.ndarray) -> np.ndarray:
-    """``(h, w, 3)`` uint8 RGB -> ``(h, w, 3)`` uint8 HSV (Pillow); ``/ 255`` gives
-    :func:`rgb_to_hsv`."""
-    from PIL import Image
-
-    image = Image.fromarray(np.ascontiguousarray(rgb[..., :3], dtype=np.uint8)).convert("HSV")
-    return np.asarray(image)
-
-
-def pen_mask(hsv: np.ndarray, colors: Sequence[str] = PEN_COLORS) -> np.ndarray:
-    """``(h, w)`` bool: pixels of ``hsv`` ``(h, w, 3)`` (floats in [0, 1]) matching a pen rule."""
-    _check_colors(colors)
-    out = np.zeros(hsv.shape[:2], dtype=bool)
-    for color in colors:
-        rule_h, rule_s, rule_v = _PEN_RULES[color]
-        out |= rule_h(hsv[..., 0]) & rule_s(hsv[..., 1]) & rule_v(hsv[..., 2])
-    return out
-
-
-def where_levels(channel: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """``table[channel]`` for a ``(h, w)`` uint8 ``channel`` and a ``(256,)`` bool ``table``,
-    as comparisons over the table's runs of True (a few vectorised passes; a gather through
-    the table is 10x slower)."""
-    edges = np.flatnonzero(np.diff(np.concatenate([[False], table, [False]]).astype(np.int8)))
-    out = np.zeros(channel.shape, dtype=bool)
-    for lo, hi in zip(edges[0::2], edges[1::2] - 1, strict=True):
-        if lo == 0 and hi == 255:
-            out[:] = True
-        elif lo == 0:
-            out |= channel <= hi
-        elif hi == 255:
-            out |= channel >= lo
-        else:
-            out |= (channel >= lo) & (channel <= hi)
-    return out
-
-
-def _pen_mask_levels(hsv8: np.ndarray, colors: Sequence[str]) -> np.ndarray:
-    """:func:`pen_mask` of ``hsv8`` ``(h, w, 3)`` uint8 HSV (the value * 255), by the rules'
-    tables over the 256 levels: the same pixels, without a float copy of the image."""
-    _check_colors(colors)
-    channels = [np.ascontiguousarray(hsv8[..., k]) for k in range(3)]
-    out = np.zeros(hsv8.shape[:2], dtype=bool)
-    for color in colors:
-        hit = None
-        for rule, channel in zip(_PEN_RULES[color], channels, strict=True):
-            table = rule(_LEVELS)
-            if table.all():
-                continue
-            part = where_levels(channel, table)
-            hit = part if hit is None else hit & part
-        out |= hit if hit is not None else True
-    return out
-
-
-def _otsu_of_levels(counts: np.ndarray) -> float:
-    """:func:`skimage.filters.threshold_otsu` of the float saturations whose uint8 level
-    histogram is ``counts`` ``(256,)``: the same 256 bins over [min, max], from the counts."""
-    present = np.flatnonzero(counts)
-    values = _LEVELS[present]
-    hist, edges = np.histogram(
-        values, bins=256, range=(values[0], values[-1]), weights=counts[present]
-    )
-    centers = (edges[:-1] + edges[1:]) / 2.0
-    return otsu_threshold(hist.astype(np.int64), centers)
-
-
-def otsu_threshold(counts: np.ndarray, centers: np.ndarray) -> float:
-    """Otsu's threshold of a histogram (``counts`` and bin ``centers``, ``(B,)`` each): the
-    centre that maximises the between-class variance (Otsu, IEEE SMC 1979), computed as
-    :func:`skimage.filters.threshold_otsu` computes it (whose import pulls in scipy.ndimage)."""
-    weight1 = np.cumsum(counts)
-    weight2 = np.cumsum(counts[::-1])[::-1]
-    mean1 = np.cumsum(counts * centers) / weight1
-    mean2 = (np.cumsum((counts * centers)[::-1]) / weight2[::-1])[::-1]
-    variance = weight1[:-1] * weight2[1:] * (mean1[:-1] - mean2[1:]) ** 2
-    return float(centers[int(np.argmax(variance))])
 
 
 def _area_px(area: float, unit: str, mpp: float | None, name: str) -> float:
@@ -224,31 +145,31 @@ def detect_tissue(
         raise ValueError(f"thumbnail must be (h, w, 3), got {thumbnail.shape}")
     # HSV stays uint8 (levels / 255 are the floats of rgb_to_hsv); every threshold rule is a
     # 256-entry lookup table, so no float copy of the thumbnail is made
-    hsv8 = _hsv_levels(thumbnail)
+    hsv8 = hsv_levels(thumbnail)
     sat8, val8 = np.ascontiguousarray(hsv8[..., 1]), np.ascontiguousarray(hsv8[..., 2])
-    white = where_levels(val8, white_value <= _LEVELS) & where_levels(
-        sat8, white_saturation >= _LEVELS
+    white = where_levels(val8, white_value <= LEVELS) & where_levels(
+        sat8, white_saturation >= LEVELS
     )
-    background = white | where_levels(val8, black_value > _LEVELS)
-    background |= where_levels(sat8, min_saturation > _LEVELS)
+    background = white | where_levels(val8, black_value > LEVELS)
+    background |= where_levels(sat8, min_saturation > LEVELS)
     min_obj = _area_px(min_tissue_area, area_unit, mpp, "min_tissue_area")
     min_hole = _area_px(min_hole_area, area_unit, mpp, "min_hole_area")
     min_pen = _area_px(min_pen_area, area_unit, mpp, "min_pen_area")
-    pens = _pen_mask_levels(hsv8, pen_colors) if pen_colors else np.zeros(sat8.shape, dtype=bool)
+    pens = pen_mask_levels(hsv8, pen_colors) if pen_colors else np.zeros(sat8.shape, dtype=bool)
     if min_pen > 1 and pens.any():
         pens = remove_small_objects(pens, math.ceil(min_pen) - 1, connectivity=2)
     if pen_dilation > 0 and pens.any():
         pens = binary_dilation(pens, pen_dilation)
     # Otsu separates glass (low saturation) from stain, so it sees background pixels too
-    counts = np.bincount(sat8[~pens & where_levels(val8, black_value <= _LEVELS)], minlength=256)
+    counts = np.bincount(sat8[~pens & where_levels(val8, black_value <= LEVELS)], minlength=256)
     present = np.flatnonzero(counts)
     if saturation_threshold is not None:
         threshold = float(saturation_threshold)
-    elif counts.sum() < 2 or float(_LEVELS[present[-1]] - _LEVELS[present[0]]) < 1e-6:
+    elif counts.sum() < 2 or float(LEVELS[present[-1]] - LEVELS[present[0]]) < 1e-6:
         threshold = min_saturation
     else:
-        threshold = max(_otsu_of_levels(counts), min_saturation)
-    sat_above = where_levels(sat8, threshold < _LEVELS)
+        threshold = max(otsu_of_levels(counts), min_saturation)
+    sat_above = where_levels(sat8, threshold < LEVELS)
     mask = sat_above & ~background & ~pens
     if open_radius > 0:
         mask = binary_opening(mask, open_radius)
@@ -263,61 +184,6 @@ def detect_tissue(
         mask = remove_small_holes(mask, math.ceil(min_hole) - 1)
     mask = np.asarray(mask & ~pens, dtype=bool)
     return TissueResult(mask, mask_to_polygons(mask, tolerance=contour_tolerance), threshold)
-
-
-def simplify_polyline(coords: np.ndarray, tolerance: float) -> np.ndarray:
-    """Douglas-Peucker simplification of a ``(K, 2)`` polyline (a closed ring when the first
-    and last points are equal): the kept vertices ``(L, 2)``, first and last always among them.
-
-    Between two kept vertices, the point farthest from their segment is kept while that distance
-    exceeds ``tolerance`` (distance to the line when the point projects inside the segment, else
-    to the nearer end). Gives the vertices :func:`skimage.measure.approximate_polygon` gives
-    (the line distance is taken in the same Hesse normal form, so ties and points exactly at
-    ``tolerance`` fall the same way) without importing it: it pulls in scipy.signal and
-    scipy.stats, about 1.3 CPU s and 50 MB at start.
-    """
-    points = np.asarray(coords, dtype=np.float64)
-    if tolerance <= 0 or len(points) < 3:
-        return points
-    # Every segment whose points still lie too far is split in the same round, all segments of
-    # a round in one vectorised pass (the splits do not depend on each other's order).
-    keep = np.zeros(len(points), dtype=bool)
-    keep[[0, -1]] = True
-    starts, ends = np.array([0]), np.array([len(points) - 1])
-    while len(starts):
-        lengths = ends - starts - 1
-        starts, ends, lengths = starts[lengths > 0], ends[lengths > 0], lengths[lengths > 0]
-        if not len(starts):
-            break
-        seg = np.repeat(np.arange(len(starts)), lengths)
-        first = np.cumsum(lengths) - lengths
-        inner_index = np.arange(len(seg)) - np.repeat(first, lengths) + starts[seg] + 1
-        inner = points[inner_index]
-        p0, p1 = points[starts], points[ends]
-        dr, dc = p1[:, 0] - p0[:, 0], p1[:, 1] - p0[:, 1]
-        angle = -np.arctan2(dr, dc)
-        cos, sin = np.cos(angle), np.sin(angle)
-        offset = p0[:, 1] * sin + p0[:, 0] * cos
-        d0 = inner - p0[seg]
-        d1 = inner - p1[seg]
-        sdr, sdc = dr[seg], dc[seg]
-        inside = (d0[:, 0] * sdr + d0[:, 1] * sdc > 0) & (-d1[:, 0] * sdr - d1[:, 1] * sdc > 0)
-        to_line = np.abs(inner[:, 0] * cos[seg] + inner[:, 1] * sin[seg] - offset[seg])
-        to_ends = np.minimum(
-            np.sqrt(d0[:, 1] ** 2 + d0[:, 0] ** 2), np.sqrt(d1[:, 1] ** 2 + d1[:, 0] ** 2)
-        )
-        dist = np.where(inside, to_line, to_ends)
-        # first point of largest distance per segment (argmax's choice)
-        best = np.maximum.reduceat(dist, first)
-        is_best = dist == best[seg]
-        candidate = np.where(is_best, np.arange(len(seg)), len(seg))
-        far = np.minimum.reduceat(candidate, first)
-        split_segments = best > tolerance
-        split = inner_index[far[split_segments]]
-        keep[split] = True
-        starts = np.concatenate([starts[split_segments], split])
-        ends = np.concatenate([split, ends[split_segments]])
-    return points[keep]
 
 
 def _ring(contour_rc: np.ndarray, offset: tuple[int, int], tolerance: float) -> np.ndarray:

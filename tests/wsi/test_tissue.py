@@ -238,18 +238,18 @@ def test_contours_of_detected_tissue_need_no_scipy_signal() -> None:
 def test_level_tables_give_the_float_rules(seed: int) -> None:
     from skimage.filters import threshold_otsu
 
-    from medcl.wsi.tissue import _hsv_levels, _otsu_of_levels, _pen_mask_levels
+    from medcl.wsi.hsv_rules import hsv_levels, otsu_of_levels, pen_mask_levels
 
     rng = np.random.default_rng(seed)
     image, _ = SyntheticTissue(120, 160, seed=seed)(0, 0, 120, 160), None
     noise = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
     image = np.where(rng.random((120, 160, 1)) < 0.3, noise, image).astype(np.uint8)
-    hsv8 = _hsv_levels(image)
+    hsv8 = hsv_levels(image)
     hsv = rgb_to_hsv(image)
     np.testing.assert_array_equal(hsv8 / np.float32(255.0), hsv)
     for colors in (PEN_COLORS, ("red",), ("black", "green")):
-        np.testing.assert_array_equal(_pen_mask_levels(hsv8, colors), pen_mask(hsv, colors))
+        np.testing.assert_array_equal(pen_mask_levels(hsv8, colors), pen_mask(hsv, colors))
     sat = hsv[..., 1]
     keep = rng.random(sat.shape) < 0.8
     counts = np.bincount(hsv8[..., 1][keep], minlength=256)
-    assert _otsu_of_levels(counts) == pytest.approx(float(threshold_otsu(sat[keep])), abs=0)
+    assert otsu_of_levels(counts) == pytest.approx(float(threshold_otsu(sat[keep])), abs=0)
