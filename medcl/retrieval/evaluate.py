@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -90,6 +91,7 @@ class RetrievalEvalConfig(StrictModel):
         "of the pool (macro agreement@max(ks) of topk) is used (None: cci.train.max_steps)",
     )
     validation_size: float = Field(default=0.25, gt=0, lt=1)
+    validation_seed: int = Field(default=0, description="split and CCI seed of the validation")
     lmm: LMMArmConfig = Field(default_factory=LMMArmConfig)
     out_dir: Path | None = None
 
@@ -176,7 +178,9 @@ def _embed(
         out.append(extract_features(encoder, loader, progress=False)[0])
     cache.parent.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = {f"part{i}": x for i, x in enumerate(out)}
-    np.savez(cache, **arrays)  # type: ignore[arg-type]
+    tmp = cache.with_name(f".{cache.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, **arrays)  # type: ignore[arg-type]
+    tmp.replace(cache)  # atomic: parallel runs of other seeds may write the same cache
     return out
 
 
@@ -359,7 +363,7 @@ def _plot_lmm(summary: pd.DataFrame, path: Path) -> None:
 def choose_budget(cfg: RetrievalEvalConfig, pool: ImageSet, out: Path, root: Path | None) -> int:
     """The CCI step count of ``cfg.cci_budgets`` with the best validation macro agreement.
 
-    The pool is split by group (lesion), stratified by class; CCI (seed ``cfg.seeds[0]``) trains
+    The pool is split by group (lesion), stratified by class; CCI (``cfg.validation_seed``) trains
     on one part for the smallest budget, then resumes to the next, and so on; after each budget
     the other part is queried against the training part with ``topk`` in the tuned space.
     Budget 0 is the starting encoder. Ties go to the smaller budget; ``validation.csv`` keeps
@@ -372,10 +376,10 @@ def choose_budget(cfg: RetrievalEvalConfig, pool: ImageSet, out: Path, root: Pat
         pool.df["group"].to_numpy(),
         pool.labels,
         test_size=cfg.validation_size,
-        seed=cfg.seeds[0],
+        seed=cfg.validation_seed,
     )
     train, val = pool.subset(split["train"]), pool.subset(split["test"])
-    seed = cfg.seeds[0]
+    seed = cfg.validation_seed
     cci = cfg.cci.model_copy(deep=True)
     cci.encoder = cfg.encoder
     key = {"cci": output_settings(cci.model_dump(mode="json")), "start": _identity(cfg.encoder)}
@@ -463,7 +467,10 @@ def run_retrieval_eval(
                 "pool": pool.df["path"].astype(str).tolist(),
                 "queries": queries.df["path"].astype(str).tolist(),
             }
-            cache = out / "embeddings" / f"{slug(name)}_seed{seed}_{settings_digest(key)}.npz"
+            # weights from a file do not depend on the seed: one cache for every seed
+            fixed = enc.startswith(("medcl:", "offline:"))
+            tag = slug(name) if fixed else f"{slug(name)}_seed{seed}"
+            cache = out / "embeddings" / f"{tag}_{settings_digest(key)}.npz"
             embedded[name] = _embed(enc, [pool, queries], cfg, cache, seed)
         for name in ("random", "majority", *encoders):
             pool_emb, query_emb = embedded["topk" if name in ("random", "majority") else name]
