@@ -220,7 +220,12 @@ def _run_stage(
         out_dir / name,
         scheduler=scheduler,
         dist_info=info,
-        config=cfg.model_dump(mode="json"),
+        # what this stage's output depends on: the global stage is the same whether or not a
+        # local stage follows, so "+ local" runs can resume a finished global stage
+        config=cfg.model_dump(
+            mode="json",
+            exclude={"name", "out_dir", *(("local_stage",) if name == "global" else ())},
+        ),
         arch="unet2d",
     )
     # only this stage's parameters train: DDP then tracks exactly the ones that get gradients

@@ -59,8 +59,8 @@ def protocol(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path
 def test_protocol_writes_paired_tables_and_every_run(protocol: tuple[Path, Path, Path]) -> None:
     _, out, readme = protocol
     rows = list(csv.DictReader((out / "results.csv").open()))
-    # 2 methods x 2 labelled counts x 2 seeds, plus the benchmark on all 4 pool patients x 2 seeds
-    assert len(rows) == 10
+    # 3 methods x 2 labelled counts x 2 seeds, plus the benchmark on all 4 pool patients x 2 seeds
+    assert len(rows) == 14
     assert {(r["method"], r["labelled"]) for r in rows} >= {
         ("random init", "1"),
         ("GD- + local", "2"),
@@ -81,6 +81,10 @@ def test_protocol_writes_paired_tables_and_every_run(protocol: tuple[Path, Path,
     assert any(p.startswith("GD-_+_local_") for p in pretrain)
     local = next((out / "pretrain").glob("GD-_+_local_*/local/metrics.csv"))
     assert local.read_text().splitlines()[-1].startswith("2,")
+    # "+ local" resumed the global stage GD- had finished (copied, not retrained)
+    own = next((out / "pretrain").glob("GD-_+_local_*/global/metrics.csv")).read_text()
+    twin = next((out / "pretrain").glob("GD-_[0-9a-f]*/global/metrics.csv")).read_text()
+    assert own == twin
     model = next((out / "finetune" / "random_init").glob("n1_seed0_*/model.pt"))
     assert model.is_file()
 
@@ -91,7 +95,7 @@ def test_rerun_reuses_and_a_changed_setting_starts_new_runs(
 ) -> None:
     root, out, readme = protocol
     assert main([*_args(root, out), "--readme", str(readme)]) == 0
-    assert "0 of 10 fine-tuning runs computed by this invocation" in readme.read_text()
+    assert "0 of 14 fine-tuning runs computed by this invocation" in readme.read_text()
     before = sorted(p.name for p in (out / "finetune" / "random_init").iterdir())
     args = _args(
         root,
