@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_mil_cli import _write_bags
 
 from medcl.errors import InvalidInputError
 from medcl.mil import engine_fit
 from medcl.mil.runner import run_mil_train
 from medcl.mil.train import MILTrainConfig, load_mil_model
-from tests.mil.test_mil_cli import _write_bags
 
 REPO = Path(__file__).resolve().parents[2]
 TORCHRUN_ENV = (
