@@ -38,6 +38,7 @@ from medcl.config import StrictModel, save_config
 from medcl.errors import ConfigError, InvalidInputError
 from medcl.eval.tables import mean_interval, paired_interval, update_readme
 from medcl.io.datasets.acdc import AcdcFrame, find_acdc, load_patient_split, patients
+from medcl.pretrain.evaluate import MethodConfig
 from medcl.pretrain.finetune import FinetuneSegConfig, run_finetune_seg
 from medcl.pretrain.volume import VolumePretrainConfig, run_pretrain_volume
 from medcl.pretrain.volume_data import VolumeSource, resolve_path
@@ -47,14 +48,6 @@ log = logging.getLogger(__name__)
 
 README_START = "<!-- few-label:start -->"
 README_END = "<!-- few-label:end -->"
-
-
-class MethodConfig(StrictModel):
-    """One row: a global loss (or none) and whether the local stage follows."""
-
-    name: str
-    global_loss: Literal["none", "gr", "gd-", "gd"]
-    local: bool = False
 
 
 def _default_methods() -> list[MethodConfig]:
