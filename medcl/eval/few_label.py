@@ -299,12 +299,14 @@ def run_few_label_eval(
     )
     tic = time.perf_counter()
     rows: list[RunRow] = []
-    for method in cfg.methods:
-        weights = _pretrain(cfg, method, data, root)
-        for n in cfg.labelled:
-            for seed in cfg.seeds:
-                ids = labelled_subset(data.pool, n, seed)
-                row = _finetune(cfg, method.name, n, seed, ids, weights, data, root)
+    weights = {method.name: _pretrain(cfg, method, data, root) for method in cfg.methods}
+    # fewest labels first, all methods of a seed together: an interrupted run has left
+    # complete paired comparisons for the smallest counts (finished runs are reused on re-run)
+    for n in cfg.labelled:
+        for seed in cfg.seeds:
+            ids = labelled_subset(data.pool, n, seed)
+            for method in cfg.methods:
+                row = _finetune(cfg, method.name, n, seed, ids, weights[method.name], data, root)
                 log.info(
                     "%s | n=%d | seed %d: mean Dice %.3f (%d steps)",
                     method.name,

@@ -99,6 +99,12 @@ class EarlyStoppingConfig(StrictModel):
         default=0, ge=0, description="checks without improvement before stopping; 0: never stop"
     )
     min_delta: float = Field(default=0.0, ge=0, description="smallest change that counts")
+    min_steps: int = Field(
+        default=0,
+        ge=0,
+        description="never stop before this step (a slow start, e.g. from random init, is not a "
+        "plateau); checks before it still count towards the best weights",
+    )
     loss_ema: float = Field(
         default=0.9, ge=0, lt=1, description="moving-average factor of the plateau rule's loss"
     )
@@ -291,7 +297,9 @@ class EarlyStopping:
         log.debug(
             "step %d: %s %.4f (best %.4f at %s)", step, self.mode, score, self.best, self.best_step
         )
-        return self.cfg.patience > 0 and self.bad >= self.cfg.patience
+        return (
+            self.cfg.patience > 0 and self.bad >= self.cfg.patience and step >= self.cfg.min_steps
+        )
 
     def restore_best(self) -> None:
         """Load the best validation weights into the model (no-op without validation)."""

@@ -72,3 +72,14 @@ def test_validation_keeps_the_best_weights_and_resumes_its_history(
     torch.testing.assert_close(
         again.best_state["seg_head.conv.weight"], snapshots[2]["seg_head.conv.weight"]
     )
+
+
+def test_min_steps_holds_off_the_stop_but_keeps_counting(tmp_path: Path) -> None:
+    cfg = EarlyStoppingConfig(every=10, patience=2, loss_ema=0.0, min_steps=60)
+    stop = EarlyStopping(cfg, _model(), [], 2, tmp_path, write=True)
+    losses = {10: 1.0, 20: 1.1, 30: 1.2, 40: 1.3, 50: 1.4, 60: 1.5}
+    decisions = {step: stop(step, loss) for step, loss in losses.items()}
+    # flat since step 10: patience is exhausted at 30, but no stop before step 60
+    assert [decisions[s] for s in (10, 20, 30, 40, 50)] == [False] * 5
+    assert decisions[60] is True
+    assert stop.best_step == 10 and stop.bad == 5
