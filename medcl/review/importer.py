@@ -10,7 +10,8 @@ One JSON object per line::
      "scores": {"label": probability, ...},
      "uncertainty": 0.37,          # in [0, 1]; optional: 1 - max(scores) when absent
      "created": "2025-01-31T12:00:00",        # optional ISO time
-     "artifacts": {...}}           # by kind, see below
+     "artifacts": {...},           # by kind, see below
+     "model_card": {...}}          # optional, see medcl.review.model_card
 
 Artifacts (paths relative to the predictions file's folder, or absolute):
 
@@ -52,6 +53,7 @@ from medcl.errors import InvalidInputError
 from medcl.review.auth import UserInfo, system_user
 from medcl.review.db import KINDS, Case, Prediction, Store, add_audit, as_utc, utcnow
 from medcl.review.errors import ReviewError
+from medcl.review.model_card import attach_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +167,9 @@ def parse_record(obj: Any, base: Path) -> dict[str, Any]:
         "scores": {str(k): float(v) for k, v in scores.items()},
         "uncertainty": float(uncertainty),
         "created": created,
-        "artifacts": _artifacts(kind, obj.get("artifacts", {}), base),
+        "artifacts": attach_model_card(
+            _artifacts(kind, obj.get("artifacts", {}), base), obj.get("model_card")
+        ),
     }
 
 
