@@ -64,21 +64,29 @@ if page_no > n_pages:  # filters shrank the list below the current page
 st.caption(f"{result.total} case(s); page {page_no} of {n_pages}")
 if not result.items:
     st.info("No case matches these filters.")
-header = st.columns([3, 1, 1.2, 1.6, 1.2, 1, 1.1, 0.8])
-for col, text in zip(
-    header,
-    ("case", "kind", "site", "model", "label", "uncertainty", "status", "reviews"),
-    strict=True,
-):
-    col.markdown(f"**{text}**")
+WIDTHS = [2.6, 0.8, 1.2, 2.4, 1.2, 1.3, 1.0, 0.8]
+HEADERS = {
+    "case": None,
+    "kind": None,
+    "site": None,
+    "model": "The model's name from its model card (else the pipeline's name and version).",
+    "label": "The predicted label.",
+    "uncertainty": "From 0 (sure) to 1 (unsure); each case page says how its model computes "
+    "it (by default 1 - the highest class score).",
+    "status": None,
+    "reviews": None,
+}
+header = st.columns(WIDTHS)
+for col, (text, tip) in zip(header, HEADERS.items(), strict=True):
+    col.markdown(f"**{text}**", help=tip)
 for item in result.items:
-    row = st.columns([3, 1, 1.2, 1.6, 1.2, 1, 1.1, 0.8])
+    row = st.columns(WIDTHS)
     row[0].page_link(
         "app_pages/case.py", label=plain(item.case_key), query_params={"case": str(item.id)}
     )
     row[1].markdown(plain(item.kind))
     row[2].markdown(plain(item.site) or "—")
-    row[3].markdown(plain(f"{item.model} {item.model_version}"))
+    row[3].markdown(plain(item.model_name or f"{item.model} {item.model_version}"))
     row[4].markdown(plain(item.label))
     row[5].markdown(f"{item.uncertainty:.2f}")
     row[6].markdown(plain(item.status))

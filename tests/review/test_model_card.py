@@ -83,9 +83,9 @@ def test_importer_stores_the_checked_card_and_old_records_still_import(tmp_path:
     assert mc.card_of(rec["artifacts"]) == mc.parse_model_card(CARD)
     old = parse_record(_record(), tmp_path)  # no card: imports as before
     assert "model_card" not in old["artifacts"] and mc.card_of(old["artifacts"]) is None
-    with pytest.raises(ValueError, match="model_card.research_only must be true or false"):
+    with pytest.raises(ValueError, match=r"model_card\.research_only must be true or false"):
         parse_record(_record(model_card={**CARD, "research_only": 1}), tmp_path)
-    with pytest.raises(ValueError, match="artifacts.model_card is reserved"):
+    with pytest.raises(ValueError, match=r"artifacts\.model_card is reserved"):
         parse_record(_record(artifacts={"slide": "a.svs", "model_card": CARD}), tmp_path)
 
 
@@ -103,7 +103,7 @@ def test_prediction_record_writes_the_card(tmp_path: Path) -> None:
     assert json.loads(json.dumps(record.to_json()))["model_card"] == CARD
     assert check_record(record, tmp_path)["artifacts"]["model_card"] == CARD
     bad = PredictionRecord(**{**record.__dict__, "model_card": {**CARD, "research_only": "no"}})
-    with pytest.raises(ValueError, match="slide:a: model_card.research_only must be true"):
+    with pytest.raises(ValueError, match=r"slide:a: model_card\.research_only must be true"):
         check_record(bad, tmp_path)
 
 
