@@ -17,7 +17,8 @@ Artifacts (paths relative to the predictions file's folder, or absolute):
 
 - volume: ``image`` (required), ``mask``, ``ground_truth`` (or null), ``labels`` {"1": "liver"},
   ``dice`` {"liver": 0.91} or null
-- slide: ``slide`` (required), ``mpp`` (or null), ``thumbnail``, ``heatmap``, ``scores`` (HDF5 of
+- slide: ``slide`` (required), ``mpp`` (or null), ``thumbnail``, ``heatmap``, ``heatmap_colorbar``
+  (its colour bar PNG), ``heatmap_score`` (what the colours show), ``scores`` (HDF5 of
   coords + scores), ``top_tiles`` [paths]
 - retrieval: ``query`` (required), ``true_label`` (or null), ``demonstrations`` [{"path", "label",
   "similarity", "domain"}], ``lmm_answer`` (or null), ``selector``
@@ -64,7 +65,7 @@ MAX_BATCH_PAUSE_S = 0.2
 _REQUIRED = ("case_key", "kind", "model", "model_version", "label")
 _PATH_KEYS = {
     "volume": ("image", "mask", "ground_truth"),
-    "slide": ("slide", "thumbnail", "heatmap", "heatmap_figure", "scores"),
+    "slide": ("slide", "thumbnail", "heatmap", "heatmap_figure", "heatmap_colorbar", "scores"),
     "retrieval": ("query",),
 }
 _MAIN_ARTIFACT = {"volume": "image", "slide": "slide", "retrieval": "query"}
