@@ -76,13 +76,32 @@ def render_confidence(detail: CaseDetail) -> None:
         st.caption("The pipeline gave no class probabilities.")
         return
     st.markdown("**Class probabilities**")
-    st.bar_chart(
-        {"class": [r["class"] for r in rows], "probability": [r["probability"] for r in rows]},
-        x="class",
-        y="probability",
-        horizontal=True,
-        height=40 + 32 * len(rows),
-        sort="-probability",
+    st.vega_lite_chart(
+        [{**r, "predicted": "predicted" if r["predicted"] else "other"} for r in rows],
+        {
+            "mark": {"type": "bar"},
+            "height": {"step": 28},
+            "encoding": {
+                "y": {"field": "class", "type": "nominal", "sort": "-x", "title": None},
+                "x": {
+                    "field": "probability",
+                    "type": "quantitative",
+                    "scale": {"domain": [0, 1]},
+                    "axis": {"format": ".1f", "tickCount": 5},
+                },
+                "color": {
+                    "field": "predicted",
+                    "type": "nominal",
+                    "scale": {"domain": ["predicted", "other"], "range": ["#1f77b4", "#9ecae1"]},
+                    "legend": None,
+                },
+                "tooltip": [
+                    {"field": "class", "type": "nominal"},
+                    {"field": "probability", "type": "quantitative", "format": ".3f"},
+                ],
+            },
+        },
+        width="stretch",
     )
     st.caption(
         " · ".join(

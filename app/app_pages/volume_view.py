@@ -66,7 +66,7 @@ def _window_controls(
 ) -> tuple[float, float]:
     """Preset selector plus manual width / level; returns the ``(lo, hi)`` window."""
     names = [p.name for p in views.window_presets(modality)] + [views.MANUAL]
-    cols = st.columns([2, 1, 1])
+    cols = st.columns([2, 1, 1], vertical_alignment="bottom")
     choice = cols[0].selectbox(
         f"Window ({modality or 'modality not recorded'})",
         names,

@@ -61,24 +61,17 @@ if page_no > n_pages:  # filters shrank the list below the current page
     st.session_state["worklist_page"] = n_pages
     st.rerun()
 
-st.caption(f"{result.total} case(s); page {page_no} of {n_pages}")
+st.caption(
+    f"{result.total} case(s); page {page_no} of {n_pages}. Model: the name on its model card. "
+    "Uncertainty: 0 (sure) to 1 (unsure); each case page says how its model computes it."
+)
 if not result.items:
     st.info("No case matches these filters.")
-WIDTHS = [2.6, 0.8, 1.2, 2.4, 1.2, 1.3, 1.0, 0.8]
-HEADERS = {
-    "case": None,
-    "kind": None,
-    "site": None,
-    "model": "The model's name from its model card (else the pipeline's name and version).",
-    "label": "The predicted label.",
-    "uncertainty": "From 0 (sure) to 1 (unsure); each case page says how its model computes "
-    "it (by default 1 - the highest class score).",
-    "status": None,
-    "reviews": None,
-}
+WIDTHS = [2.0, 1.0, 1.2, 2.4, 1.0, 1.4, 1.0, 1.0]
+HEADERS = ("case", "kind", "site", "model", "label", "uncertainty", "status", "reviews")
 header = st.columns(WIDTHS)
-for col, (text, tip) in zip(header, HEADERS.items(), strict=True):
-    col.markdown(f"**{text}**", help=tip)
+for col, text in zip(header, HEADERS, strict=True):
+    col.markdown(f"**{text}**")
 for item in result.items:
     row = st.columns(WIDTHS)
     row[0].page_link(

@@ -113,7 +113,7 @@ def clamp_region(x: int, y: int, size: int, dimensions: tuple[int, int]) -> Regi
 
 
 def thumbnail_to_level0(
-    point: tuple[float, float], thumb_size: tuple[int, int], dimensions: tuple[int, int]
+    point: tuple[float, float], thumb_size: tuple[float, float], dimensions: tuple[int, int]
 ) -> tuple[int, int]:
     """Level-0 ``(x, y)`` of a thumbnail pixel ``point``; sizes are ``(width, height)``."""
     return (
