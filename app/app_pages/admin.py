@@ -11,6 +11,7 @@ from medcl.review.importer import import_records
 from medcl.review.safe_text import plain
 
 MAX_UPLOAD_MB = 5
+AUDIT_REFRESH_S = 5
 ANY = "(any)"
 ACTIONS = (
     "login",
@@ -64,11 +65,18 @@ with users_tab:
                 else:
                     st.rerun()
 
-with audit_tab:
-    who_col, action_col, limit_col = st.columns([2, 2, 1])
+
+@st.fragment(run_every=AUDIT_REFRESH_S)
+def _audit() -> None:
+    """The audit log, re-read every :data:`AUDIT_REFRESH_S` seconds (an export made in the next
+    tab shows up without a reload)."""
+    who_col, action_col, limit_col, again_col = st.columns(
+        [2, 2, 1, 1], vertical_alignment="bottom"
+    )
     who = who_col.text_input("Username", key="admin_audit_user")
     action = action_col.selectbox("Action", [ANY, *ACTIONS], key="admin_audit_action")
     limit = int(limit_col.number_input("Rows", 10, 5000, 200, 10, key="admin_audit_limit"))
+    again_col.button("Refresh", key="admin_audit_refresh", icon=":material/refresh:")
     entries = service.audit_log(
         store,
         admin,
@@ -76,6 +84,7 @@ with audit_tab:
         username=who.strip() or None,
         action=None if action == ANY else action,
     )
+    st.caption(f"{len(entries)} newest entries; refreshed every {AUDIT_REFRESH_S} s.")
     st.dataframe(
         [
             {
@@ -88,7 +97,12 @@ with audit_tab:
             for e in entries
         ],
         hide_index=True,
+        column_config={"detail": st.column_config.JsonColumn("detail", width="large")},
     )
+
+
+with audit_tab:
+    _audit()
 
 with export_tab:
     st.caption("Exports are written to the audit log when downloaded.")

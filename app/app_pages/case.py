@@ -8,7 +8,7 @@ from __future__ import annotations
 import streamlit as st
 from session import get_store, require_user
 
-from app_pages import retrieval_view, review_form, slide_view, volume_view
+from app_pages import case_summary, retrieval_view, review_form, slide_view, volume_view
 from app_pages.one_line import one_line_errors
 from medcl.review import service
 from medcl.review.errors import NotFoundError
@@ -42,25 +42,15 @@ except NotFoundError as exc:
 summary = detail.summary
 st.title(plain(summary.case_key))
 st.caption(
-    f"{plain(summary.kind)} · site {plain(summary.site) or '—'} · model {plain(summary.model)} "
-    f"{plain(summary.model_version)} · status **{plain(summary.status)}** · "
-    f"version {detail.version}"
+    f"{plain(summary.kind)} · site {plain(summary.site) or '—'} · model "
+    f"{plain(summary.model_name)} · status **{plain(summary.status)}** · version {detail.version}"
 )
-metrics = st.columns(3)
-metrics[0].metric("Predicted label", plain(summary.label))
-metrics[1].metric("Uncertainty", f"{summary.uncertainty:.2f}")
-metrics[2].metric("Reviews", summary.n_reviews)
-if detail.scores:
-    with st.expander("Scores", expanded=False):
-        st.dataframe(
-            [
-                {"label": k, "score": round(float(v), 4)}
-                for k, v in sorted(detail.scores.items(), key=lambda kv: -float(kv[1]))
-            ],
-            hide_index=True,
-        )
+case_summary.render_model_card(detail)
+case_summary.render_confidence(detail)
 
-viewer, form = st.columns([3, 2])
+# a slide needs the page's width to be read; the form then follows below it
+wide = summary.kind == "slide"
+viewer, form = (st.container(), st.container()) if wide else st.columns([3, 2])
 with viewer:
     render = VIEWERS.get(summary.kind)
     if render is None:

@@ -15,6 +15,7 @@ from medcl.review import service
 from medcl.review.auth import UserInfo
 from medcl.review.db import Store
 from medcl.review.errors import ConflictError, ReviewError
+from medcl.review.history import history_entries
 from medcl.review.safe_text import plain
 from medcl.review.service import CaseDetail, ReviewInfo
 
@@ -117,6 +118,15 @@ def render(store: Store, user: UserInfo, detail: CaseDetail) -> None:
         )
     st.subheader("History")
     if detail.reviews:
-        st.table(review_rows(detail.reviews), hide_index=True)
+        render_history(detail.reviews)
     else:
         st.caption("No review yet.")
+
+
+def render_history(reviews: list[ReviewInfo]) -> None:
+    """One bordered entry per review, newest first, with its comment in full (wrapped text)."""
+    for entry in history_entries(reviews):
+        with st.container(border=True):
+            st.markdown(f"**{plain(entry.reviewer)}** · {plain(entry.summary)}")
+            if entry.comment:
+                st.text(entry.comment, width="stretch")

@@ -61,24 +61,25 @@ if page_no > n_pages:  # filters shrank the list below the current page
     st.session_state["worklist_page"] = n_pages
     st.rerun()
 
-st.caption(f"{result.total} case(s); page {page_no} of {n_pages}")
+st.caption(
+    f"{result.total} case(s); page {page_no} of {n_pages}. Model: the name on its model card. "
+    "Uncertainty: 0 (sure) to 1 (unsure); each case page says how its model computes it."
+)
 if not result.items:
     st.info("No case matches these filters.")
-header = st.columns([3, 1, 1.2, 1.6, 1.2, 1, 1.1, 0.8])
-for col, text in zip(
-    header,
-    ("case", "kind", "site", "model", "label", "uncertainty", "status", "reviews"),
-    strict=True,
-):
+WIDTHS = [2.0, 1.0, 1.2, 2.4, 1.0, 1.4, 1.0, 1.0]
+HEADERS = ("case", "kind", "site", "model", "label", "uncertainty", "status", "reviews")
+header = st.columns(WIDTHS)
+for col, text in zip(header, HEADERS, strict=True):
     col.markdown(f"**{text}**")
 for item in result.items:
-    row = st.columns([3, 1, 1.2, 1.6, 1.2, 1, 1.1, 0.8])
+    row = st.columns(WIDTHS)
     row[0].page_link(
         "app_pages/case.py", label=plain(item.case_key), query_params={"case": str(item.id)}
     )
     row[1].markdown(plain(item.kind))
     row[2].markdown(plain(item.site) or "—")
-    row[3].markdown(plain(f"{item.model} {item.model_version}"))
+    row[3].markdown(plain(item.model_name or f"{item.model} {item.model_version}"))
     row[4].markdown(plain(item.label))
     row[5].markdown(f"{item.uncertainty:.2f}")
     row[6].markdown(plain(item.status))

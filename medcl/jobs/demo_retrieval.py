@@ -49,6 +49,7 @@ from medcl.retrieval.pool import (
     select_demonstrations,
 )
 from medcl.retrieval.prompts import Demonstration
+from medcl.review.model_card import ModelCard
 from medcl.review.predictions import PredictionRecord, artifact_ref, vote_scores, write_predictions
 from medcl.workspace import slug
 
@@ -188,6 +189,24 @@ def _lmm_answers(
     return answers
 
 
+def model_card(cfg: RetrievalDemoConfig, n_pool: int) -> ModelCard:
+    """The card of the demo's k-NN vote over retrieved demonstrations (research only)."""
+    how = "InvariantSelectPR (CCI-tuned encoder)" if cfg.selector == "invariant" else cfg.selector
+    return ModelCard(
+        display_name=f"{cfg.k}-nearest-demonstration vote, {how} (demo)",
+        trained_on=(
+            f"a pool of {n_pool} labelled images from the source sites "
+            f"{', '.join(cfg.source_domains)} ({cfg.encoder} embeddings)"
+        ),
+        intended_use=(
+            "Demonstrates in-context demonstration retrieval and the review workflow; the "
+            "label is a vote of the retrieved images, not a diagnosis."
+        ),
+        research_only=True,
+        uncertainty="1 - the share of the k demonstrations that vote for the predicted label",
+    )
+
+
 def run_retrieval_demo(cfg: RetrievalDemoConfig, out: Path, *, data_root: Path | None) -> Path:
     """Index the pool, select demonstrations, write ``out/predictions.jsonl``; returns it."""
     source = cfg.images if cfg.images.is_absolute() or data_root is None else data_root / cfg.images
@@ -259,6 +278,7 @@ def run_retrieval_demo(cfg: RetrievalDemoConfig, out: Path, *, data_root: Path |
                     "lmm_answer": answer,
                     "selector": cfg.selector,
                 },
+                model_card=model_card(cfg, len(pool)).to_json(),
             )
         )
     hits = sum(r.label == r.artifacts["true_label"] for r in records)

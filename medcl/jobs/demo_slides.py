@@ -36,6 +36,7 @@ from pydantic import Field
 from medcl.config import StrictModel
 from medcl.errors import InvalidInputError, MedclError
 from medcl.jobs.demo_volume import short_sha
+from medcl.review.model_card import ModelCard
 from medcl.review.predictions import PredictionRecord, artifact_ref, write_predictions
 from medcl.workspace import slug
 
@@ -229,7 +230,7 @@ def run_slides_demo(
         stem = path.stem
         folder = out / "heatmaps" / slug(stem)
         pred = run_slide_heatmap(model_path, bag_file, path, folder, heat_cfg, mpp=mpp)
-        records.append(_record(cfg, out, path, mpp, tiles, folder, pred, version))
+        records.append(_record(cfg, out, path, mpp, tiles, folder, pred, version, len(slides)))
     return write_predictions(out / "predictions.jsonl", records)
 
 
@@ -242,6 +243,7 @@ def _record(
     folder: Path,
     pred: dict[str, Any],
     version: str,
+    n_slides: int,
 ) -> PredictionRecord:
     from medcl.io.slides import open_slide
 
@@ -271,4 +273,23 @@ def _record(
                 artifact_ref(folder / "top_tiles" / t, out) for t in outputs["top_tiles"]
             ],
         },
+        model_card=model_card(cfg, n_slides).to_json(),
+    )
+
+
+def model_card(cfg: SlideDemoConfig, n_slides: int) -> ModelCard:
+    """The card of the demo's toy MIL model: a research / demonstration model."""
+    return ModelCard(
+        display_name=f"Toy {cfg.aggregator.upper()} slide classifier (demo)",
+        trained_on=(
+            f"{cfg.bags} toy bags of {cfg.bag_size} tiles drawn from {n_slides} demo slides "
+            f"({cfg.encoder} features at {cfg.target_mpp:g} um/px); 'positive' means a bag holds "
+            "a tile of the first slide, not disease"
+        ),
+        intended_use=(
+            "Demonstrates the whole-slide pipeline and the review workflow. Its probabilities "
+            "say nothing about disease."
+        ),
+        research_only=True,
+        uncertainty="1 - the probability of the predicted class",
     )

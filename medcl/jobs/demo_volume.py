@@ -35,6 +35,7 @@ from medcl.models.unet import UNet, UNetConfig
 from medcl.pretrain.finetune import FinetuneDataConfig, FinetuneSegConfig, run_finetune_seg
 from medcl.pretrain.volume_data import VolumeSource, load_volumes
 from medcl.pretrain.weights import load_unet_weights
+from medcl.review.model_card import ModelCard
 from medcl.review.predictions import (
     PredictionRecord,
     artifact_ref,
@@ -218,11 +219,33 @@ def run_volume_demo(
                     "ground_truth": artifact_ref(gt, out),
                     "labels": {str(v): n for n, v in cfg.classes.items()},
                     "dice": {n: finite_or_none(dice.get(n)) for n in names} if dice else None,
+                    "modality": "CT",
                 },
+                model_card=model_card(cfg, len(sources)).to_json(),
             )
         )
         log.info("volume %s: Dice %s", src.id, {n: dice.get(n) for n in names} if dice else None)
     return write_predictions(out / "predictions.jsonl", records)
+
+
+def model_card(cfg: VolumeDemoConfig, n_volumes: int) -> ModelCard:
+    """The card of the demo's quick segmentation UNet: a research / demonstration model."""
+    return ModelCard(
+        display_name="Quick 2D UNet organ segmentation (demo)",
+        trained_on=(
+            f"up to {cfg.train_slices} labelled axial slices of {n_volumes} demo CT volume(s) "
+            f"({', '.join(cfg.classes)}), {cfg.steps} steps; predicted on the same volume(s)"
+        ),
+        intended_use=(
+            "Demonstrates the volume segmentation pipeline and the review workflow; not "
+            "validated on any patient cohort."
+        ),
+        research_only=True,
+        uncertainty=(
+            "1 - the mean, over the predicted structures, of the mean softmax probability of "
+            "the voxels predicted as each structure"
+        ),
+    )
 
 
 def _labelled_slices(sources: list[VolumeSource], values: list[int]) -> int:

@@ -10,13 +10,15 @@ One JSON object per line::
      "scores": {"label": probability, ...},
      "uncertainty": 0.37,          # in [0, 1]; optional: 1 - max(scores) when absent
      "created": "2025-01-31T12:00:00",        # optional ISO time
-     "artifacts": {...}}           # by kind, see below
+     "artifacts": {...},           # by kind, see below
+     "model_card": {...}}          # optional, see medcl.review.model_card
 
 Artifacts (paths relative to the predictions file's folder, or absolute):
 
 - volume: ``image`` (required), ``mask``, ``ground_truth`` (or null), ``labels`` {"1": "liver"},
   ``dice`` {"liver": 0.91} or null
-- slide: ``slide`` (required), ``mpp`` (or null), ``thumbnail``, ``heatmap``, ``scores`` (HDF5 of
+- slide: ``slide`` (required), ``mpp`` (or null), ``thumbnail``, ``heatmap``, ``heatmap_colorbar``
+  (its colour bar PNG), ``heatmap_score`` (what the colours show), ``scores`` (HDF5 of
   coords + scores), ``top_tiles`` [paths]
 - retrieval: ``query`` (required), ``true_label`` (or null), ``demonstrations`` [{"path", "label",
   "similarity", "domain"}], ``lmm_answer`` (or null), ``selector``
@@ -52,6 +54,7 @@ from medcl.errors import InvalidInputError
 from medcl.review.auth import UserInfo, system_user
 from medcl.review.db import KINDS, Case, Prediction, Store, add_audit, as_utc, utcnow
 from medcl.review.errors import ReviewError
+from medcl.review.model_card import attach_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +65,7 @@ MAX_BATCH_PAUSE_S = 0.2
 _REQUIRED = ("case_key", "kind", "model", "model_version", "label")
 _PATH_KEYS = {
     "volume": ("image", "mask", "ground_truth"),
-    "slide": ("slide", "thumbnail", "heatmap", "heatmap_figure", "scores"),
+    "slide": ("slide", "thumbnail", "heatmap", "heatmap_figure", "heatmap_colorbar", "scores"),
     "retrieval": ("query",),
 }
 _MAIN_ARTIFACT = {"volume": "image", "slide": "slide", "retrieval": "query"}
@@ -165,7 +168,9 @@ def parse_record(obj: Any, base: Path) -> dict[str, Any]:
         "scores": {str(k): float(v) for k, v in scores.items()},
         "uncertainty": float(uncertainty),
         "created": created,
-        "artifacts": _artifacts(kind, obj.get("artifacts", {}), base),
+        "artifacts": attach_model_card(
+            _artifacts(kind, obj.get("artifacts", {}), base), obj.get("model_card")
+        ),
     }
 
 

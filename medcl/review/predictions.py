@@ -38,6 +38,7 @@ class PredictionRecord:
         site: hospital / domain, ``""`` when unknown.
         uncertainty: in [0, 1]; ``None`` lets the importer use ``1 - max(scores)``.
         created: ISO time, or ``None`` (import time).
+        model_card: the model's card (:mod:`medcl.review.model_card`), or ``None``.
     """
 
     case_key: str
@@ -50,11 +51,14 @@ class PredictionRecord:
     site: str = ""
     uncertainty: float | None = None
     created: str | None = None
+    model_card: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object of this record (``None`` fields left out)."""
         out = {k: v for k, v in asdict(self).items() if v is not None}
         out["scores"] = {str(k): float(v) for k, v in self.scores.items()}
+        if self.model_card is not None:
+            out["model_card"] = dict(self.model_card)
         return out
 
 

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from medcl.review.auth import UserInfo
 from medcl.review.db import Case, Prediction, Review, Store, User
 from medcl.review.errors import NotFoundError, ReviewError
+from medcl.review.model_card import card_of, display_name
 
 SORTS = ("uncertainty", "updated", "case_key")
 MAX_PAGE_SIZE = 500
@@ -47,6 +48,7 @@ class CaseSummary:
     uncertainty: float
     updated: datetime
     n_reviews: int
+    model_name: str = ""  # the model's name for people (model card), else "<model> <version>"
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,7 @@ def _summary(case: Case, pred: Prediction, n_reviews: int) -> CaseSummary:
         uncertainty=float(pred.uncertainty),
         updated=case.updated,
         n_reviews=int(n_reviews),
+        model_name=display_name(pred.model, pred.model_version, card_of(pred.artifacts)),
     )
 
 

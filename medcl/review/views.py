@@ -5,7 +5,9 @@ reviewer is tested here without a browser:
 
 - volumes: a slice in the axial, coronal or sagittal plane (radiological convention: patient's
   right on the viewer's left, anterior / superior up) with the predicted mask blended in per
-  class, an opacity and per-class toggles; Dice per class against a ground truth;
+  class, an opacity and per-class toggles; Dice per class against a ground truth; window / level
+  presets per modality (CT in Hounsfield units, MR by percentiles) and manual window / level;
+  the displayed slice resampled to the voxel spacing's proportions; a legend of the shown classes;
 - slides: see :mod:`medcl.review.slide_views`;
 - retrieval: the demonstrations as table rows.
 """
@@ -58,6 +60,71 @@ def intensity_window(
     """``(lo, hi)`` display window from percentiles of ``array`` (hi > lo always)."""
     lo, hi = (float(v) for v in np.percentile(array, percentiles))
     return (lo, hi) if hi > lo else (lo, lo + 1.0)
+
+
+@dataclass(frozen=True)
+class WindowPreset:
+    """A display window: fixed ``width`` / ``level`` (CT, Hounsfield units) or ``percentiles``
+    of the volume's intensities (MR and anything uncalibrated)."""
+
+    name: str
+    width: float | None = None
+    level: float | None = None
+    percentiles: tuple[float, float] | None = None
+
+
+CT_PRESETS = (
+    WindowPreset("CT soft tissue (W400 / L40)", width=400.0, level=40.0),
+    WindowPreset("CT lung (W1500 / L-600)", width=1500.0, level=-600.0),
+    WindowPreset("CT bone (W1800 / L400)", width=1800.0, level=400.0),
+)
+PERCENTILE_PRESETS = (
+    WindowPreset("percentiles 0.5-99.5", percentiles=(0.5, 99.5)),
+    WindowPreset("percentiles 1-99", percentiles=(1.0, 99.0)),
+)
+MANUAL = "manual window / level"
+MODALITIES = ("CT", "MR")
+
+
+def window_from_level(width: float, level: float) -> tuple[float, float]:
+    """``(lo, hi) = (level - width / 2, level + width / 2)``; ``width`` must be positive."""
+    if not width > 0:
+        raise ValueError(f"window width must be positive, got {width}")
+    return level - width / 2.0, level + width / 2.0
+
+
+def level_of(window: tuple[float, float]) -> tuple[float, float]:
+    """``(width, level)`` of a ``(lo, hi)`` window (the inverse of :func:`window_from_level`)."""
+    lo, hi = window
+    return hi - lo, (lo + hi) / 2.0
+
+
+def modality_of(value: object) -> str | None:
+    """``"CT"`` or ``"MR"`` from a record's ``artifacts.modality`` (``"MRI"``, ``"mr"`` ...);
+    None when absent or another modality."""
+    text = str(value or "").strip().upper()
+    if text == "MRI":
+        text = "MR"
+    return text if text in MODALITIES else None
+
+
+def window_presets(modality: str | None) -> list[WindowPreset]:
+    """The presets offered for ``modality``, the default first: CT -> soft tissue, lung, bone,
+    then percentiles; MR -> percentiles; unknown -> percentiles, then the CT windows."""
+    if modality == "CT":
+        return [*CT_PRESETS, *PERCENTILE_PRESETS]
+    if modality == "MR":
+        return list(PERCENTILE_PRESETS)
+    return [*PERCENTILE_PRESETS, *CT_PRESETS]
+
+
+def preset_window(preset: WindowPreset, array: np.ndarray) -> tuple[float, float]:
+    """The ``(lo, hi)`` window of ``preset`` for the volume ``array``."""
+    if preset.percentiles is not None:
+        return intensity_window(array, preset.percentiles)
+    if preset.width is None or preset.level is None:
+        raise ValueError(f"preset {preset.name!r} has neither width / level nor percentiles")
+    return window_from_level(preset.width, preset.level)
 
 
 def to_gray_uint8(image: np.ndarray, window: tuple[float, float]) -> np.ndarray:
@@ -144,18 +211,33 @@ def render_volume_slice(
 ) -> np.ndarray:
     """RGB uint8 slice of a RAS ``(X, Y, Z)`` volume with its mask blended in.
 
-    Rows are repeated (nearest neighbour) by ``aspect`` (see :func:`plane_aspect`) so that
-    anisotropic voxels look right; ``aspect == 1`` keeps the voxel grid.
+    The slice is resampled by ``aspect`` (see :func:`plane_aspect` and
+    :func:`resample_aspect`) so that anisotropic voxels look right; ``aspect == 1`` keeps the
+    voxel grid.
     """
     gray = to_gray_uint8(plane_slice(image, plane, index), window)
     labels = None if mask is None else plane_slice(mask, plane, index)
-    rgb = overlay_mask(gray, labels, opacity=opacity, visible=visible)
-    rows = max(1, round(rgb.shape[0] * aspect))
-    if rows != rgb.shape[0]:
-        rgb = np.asarray(
-            Image.fromarray(rgb).resize((rgb.shape[1], rows), Image.Resampling.NEAREST)
-        )
-    return rgb
+    return resample_aspect(overlay_mask(gray, labels, opacity=opacity, visible=visible), aspect)
+
+
+def aspect_shape(shape: tuple[int, int], aspect: float) -> tuple[int, int]:
+    """Displayed ``(rows, columns)`` of a ``shape`` slice whose row spacing is ``aspect`` times
+    its column spacing: the finer axis keeps its pixels, the coarser one is stretched, so
+    nothing is lost and a millimetre is as long across as down."""
+    if not aspect > 0:
+        raise ValueError(f"aspect must be positive, got {aspect}")
+    rows, cols = shape
+    if aspect >= 1.0:
+        return max(1, round(rows * aspect)), cols
+    return rows, max(1, round(cols / aspect))
+
+
+def resample_aspect(rgb: np.ndarray, aspect: float) -> np.ndarray:
+    """``rgb`` resized (nearest neighbour: labels stay crisp) to :func:`aspect_shape`."""
+    rows, cols = aspect_shape((rgb.shape[0], rgb.shape[1]), aspect)
+    if (rows, cols) == rgb.shape[:2]:
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((cols, rows), Image.Resampling.NEAREST))
 
 
 def enlarge(rgb: np.ndarray, min_edge: int = 256) -> np.ndarray:
@@ -187,6 +269,13 @@ def class_names(mask: np.ndarray, labels: Mapping[str, str] | None) -> dict[int,
         if int(c) > 0:
             names.setdefault(int(c), f"class {int(c)}")
     return dict(sorted(names.items()))
+
+
+def legend_items(
+    names: Mapping[int, str], visible: Collection[int]
+) -> list[tuple[int, str, tuple[int, int, int]]]:
+    """``(class, name, colour)`` of the classes in ``names`` that are toggled on, by class."""
+    return [(c, names[c], class_colour(c)) for c in sorted(names) if c in visible]
 
 
 def dice_rows(

@@ -6,15 +6,33 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import nibabel as nib
 import numpy as np
 from PIL import Image
 
+from medcl.mil.heatmap import save_colorbar_png
 from medcl.testing.slides import synthetic_tissue_image, write_pyramidal_tiff
 
 REVIEWER = ("alice", "alice-password-1")
 ADMIN = ("root", "root-password-1")
 CASE_KEYS = {"slide": "slide:tiny-1", "volume": "volume:ct-1", "retrieval": "retrieval:q-1"}
+TILE_SIDE = 32
+TILE_XY = ((192, 128), (64, 32))  # level-0 corners of the two top tiles, best first
+TILE_NAMES = ("top_01_score0.9000_x192_y128.png", "top_02_score0.7000_x64_y32.png")
+SLIDE_CARD = {
+    "display_name": "Tiny ABMIL tumour classifier (test)",
+    "trained_on": "two synthetic slides",
+    "intended_use": "App tests only.",
+    "research_only": True,
+    "uncertainty": "1 - the probability of the predicted class",
+}
+RETRIEVAL_CARD = {
+    "display_name": "Lesion retrieval vote",
+    "trained_on": "a pool of labelled dermoscopy images",
+    "intended_use": "Second reader for dermoscopy.",
+    "research_only": False,
+}
 
 
 @dataclass
@@ -38,7 +56,15 @@ def write_predictions(root: Path) -> Path:
     heat = np.zeros((6, 8, 4), dtype=np.uint8)
     heat[..., 0], heat[..., 3] = 255, np.linspace(0, 255, 8, dtype=np.uint8)[None, :]
     Image.fromarray(heat, "RGBA").save(art / "tiny_heatmap.png")
-    tiles = [_png(art / f"tile_{i}.png", (200, 50 * i, 120)) for i in range(2)]
+    # top tiles named as medcl.mil.top_tiles names them (rank, score, level-0 corner)
+    tiles = [
+        _png(art / TILE_NAMES[i], (200, 50 * i, 120), (TILE_SIDE, TILE_SIDE)) for i in range(2)
+    ]
+    with h5py.File(art / "tiny_scores.h5", "w") as f:
+        coords = f.create_dataset("coords", data=np.array(TILE_XY, dtype=np.int64))
+        coords.attrs["patch_size_level0"] = TILE_SIDE
+        f.create_dataset("scores", data=np.array([0.9, 0.7], dtype=np.float32))
+    save_colorbar_png(art / "tiny_colorbar.png", label="attention (rank-normalised)")
     vol = np.zeros((8, 8, 4), dtype=np.float32)
     vol[2:6, 2:6, :] = 100.0
     pred = np.zeros((8, 8, 4), dtype=np.uint8)
@@ -72,8 +98,12 @@ def write_predictions(root: Path) -> Path:
                 "mpp": 0.5,
                 "thumbnail": None,
                 "heatmap": "artifacts/tiny_heatmap.png",
+                "heatmap_colorbar": "artifacts/tiny_colorbar.png",
+                "heatmap_score": "attention (rank-normalised)",
+                "scores": "artifacts/tiny_scores.h5",
                 "top_tiles": [f"artifacts/{t}" for t in tiles],
             },
+            "model_card": SLIDE_CARD,
         },
         {
             "case_key": CASE_KEYS["volume"],
@@ -107,6 +137,7 @@ def write_predictions(root: Path) -> Path:
                 "lmm_answer": "nv",
                 "selector": "invariant",
             },
+            "model_card": RETRIEVAL_CARD,
         },
     ]
     out = root / "predictions.jsonl"

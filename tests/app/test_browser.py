@@ -135,13 +135,39 @@ def test_login_review_persist_logout(server: tuple[str, Seeded], tmp_path: Path)
             page.get_by_text(CASE_KEYS[kind]).click()
             expect(page.get_by_role("heading", name=CASE_KEYS[kind])).to_be_visible()
             expect(page.get_by_text(ready, exact=False).first).to_be_visible()
+            if kind == "volume":  # a window preset, then the image is drawn with it
+                page.get_by_role("combobox", name="Window (modality not recorded)").click()
+                page.get_by_role("option", name="CT lung (W1500 / L-600)").click()
+                expect(page.get_by_text("W 1500 / L -600")).to_be_visible()
             shot(f"{n:02d}_{kind}_case.png")
             page.get_by_role("link", name="Worklist").click()
             expect(page.get_by_role("heading", name="Worklist")).to_be_visible()
         page.get_by_text(CASE_KEYS["slide"]).click()
         expect(page.get_by_role("heading", name=CASE_KEYS["slide"])).to_be_visible()
         expect(page.get_by_text("Zoom at full resolution")).to_be_visible()
+        expect(page.get_by_text("not for clinical use", exact=False)).to_be_visible()
         shot("05_slide_case.png")
+
+        # click-to-zoom: a 64 px zoom, then a click near the thumbnail's bottom-right corner
+        page.get_by_label("Zoom size (px)").fill("64")
+        page.get_by_label("Zoom size (px)").press("Enter")
+        box_text = page.get_by_text("black-and-white box = zoom at", exact=False)
+        expect(box_text).to_contain_text("64 x 64 px")
+        before = box_text.inner_text()
+        thumb = page.frame_locator("iframe[title*='streamlit_image_coordinates']").locator("img")
+        size = thumb.bounding_box()
+        assert size is not None and size["width"] >= 700, size  # readable: the page's width
+        thumb.click(position={"x": size["width"] * 0.9, "y": size["height"] * 0.85})
+        # the slide is 256 x 192 px: the click centres the zoom near (230, 163), clamped
+        expect(box_text).to_contain_text("zoom at x=192, y=128, 64 x 64 px")
+        assert box_text.inner_text() != before
+        expect(
+            page.get_by_text("Zoom at full resolution: x=192, y=128, 64 x 64 px")
+        ).to_be_visible()
+        shot("05b_slide_click_zoom.png")
+        page.get_by_role("button", name="Zoom to tile 2").click()
+        expect(page.get_by_text("Zoom at full resolution: x=64, y=32, 32 x 32 px")).to_be_visible()
+        shot("05c_slide_top_tile.png")
 
         page.get_by_text("correct", exact=True).click()
         page.get_by_label("Other label (free text, wins over the list)").fill("normal")

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from markdown_it import MarkdownIt
-from review_seed import ADMIN, REVIEWER, write_predictions
+from review_seed import ADMIN, REVIEWER, TILE_NAMES, write_predictions
 from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1.element_tree import Element, Image, Table
 
@@ -61,7 +61,7 @@ def _payload_predictions(root: Path) -> Path:
     """The seed's three cases (with real artifacts) with a payload in every text field."""
     path = write_predictions(root)
     art = root / "artifacts"
-    (art / TILE).write_bytes((art / "tile_0.png").read_bytes())
+    (art / TILE).write_bytes((art / TILE_NAMES[0]).read_bytes())
     rows = []
     for row in map(json.loads, path.read_text().splitlines()):
         row.update(
@@ -71,12 +71,20 @@ def _payload_predictions(root: Path) -> Path:
             model_version=P,
             label=P,
             scores={P: 0.6, "other": 0.4},
+            model_card={  # every text of the model card is a payload too
+                "display_name": P[:120],  # the longest name a card may have
+                "trained_on": P,
+                "intended_use": P,
+                "research_only": True,
+                "uncertainty": P,
+            },
         )
         a = row["artifacts"]
         if row["kind"] == "volume":
             a["labels"] = {"1": P}
         elif row["kind"] == "slide":
             a["top_tiles"] = [f"artifacts/{TILE}"]
+            a["heatmap_score"] = P
         else:
             a.update(lmm_answer=P, true_label=P, selector=P)
             for d in a["demonstrations"]:
@@ -181,14 +189,14 @@ def test_every_page_shows_payloads_as_text(payload_store: dict[str, Any]) -> Non
         shown = [_shown(s) for s in sources]
         assert _shown(at.title[0].value) == f"{kind} {P}"
         assert P in shown  # the label metric, the review table's comment and corrected label
-        assert USER_P in shown  # the reviewer's name in the history table
+        assert any(s.startswith(f"{USER_P} · correct") for s in shown)  # history: the reviewer
         assert not at.error, [e.value for e in at.error]
         if kind == "retrieval":
             assert any(f"LMM answer: {P}" in s for s in shown)
         if kind == "volume":
             assert any(_shown(c.label) == P for c in at.checkbox)
         if kind == "slide":
-            assert TILE in shown
+            assert f"{TILE} (no position recorded)" in shown
     at.query_params["case"] = P  # not a case id
     at.switch_page("app_pages/case.py").run()
     sources = _check(at, "case page, bad id")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
-from review_seed import ADMIN, CASE_KEYS, REVIEWER, Seeded
+from review_seed import ADMIN, CASE_KEYS, REVIEWER, SLIDE_CARD, TILE_NAMES, TILE_SIDE, Seeded
 from streamlit.testing.v1 import AppTest
 
 from medcl.review import auth, service
@@ -92,6 +93,10 @@ def _captions(at: AppTest) -> list[str]:
     return [c for e in at.get("image") if isinstance(e, Image) for c in e.captions]
 
 
+def _charts(at: AppTest) -> list[Any]:
+    return list(at.get("vega_lite_chart"))
+
+
 def test_slide_case_renders(seeded: Seeded) -> None:
     case_id = seeded.case_ids["slide"]
     at = _open_case(_app(), case_id)
@@ -99,16 +104,74 @@ def test_slide_case_renders(seeded: Seeded) -> None:
     assert at.title[0].value == plain(CASE_KEYS["slide"])
     text = _texts(at)
     assert "Predicted label=tumor" in text
+    assert "Probability=0.55" in text
     assert f"Slide {plain('tiny.tif')}: 256 x 192 px at level 0" in text
-    assert _captions(at) == [
-        "Thumbnail with heatmap; box = zoom",
-        "Zoom at full resolution: x=0, y=0, 256 x 192 px",  # 512 asked, clamped to the slide
-        plain("tile_0.png"),
-        plain("tile_1.png"),
-    ]
+    # the colour bar the pipeline wrote, named by the score it shows
+    assert f"**Heatmap colour**: {plain('attention (rank-normalised)')}" in text
+    # the zoom is outlined on the clickable thumbnail (a component, not st.image)
+    assert "black-and-white box = zoom at x=0, y=0, 256 x 192 px" in text
+    assert "Zoom at full resolution: x=0, y=0, 256 x 192 px" in _captions(at)
     at.number_input(key=f"slide_{case_id}_zoom_size").set_value(64)
     at.number_input(key=f"slide_{case_id}_zoom_x").set_value(250).run()
     assert "Zoom at full resolution: x=192, y=0, 64 x 64 px" in _captions(at)
+
+
+def test_slide_top_tiles_link_to_their_place(seeded: Seeded) -> None:
+    case_id = seeded.case_ids["slide"]
+    at = _open_case(_app(), case_id)
+    text = _texts(at)
+    assert "**Top 2 tiles** (highest score first)" in text
+    assert "\\#1: score 0.900 at x=192, y=128" in text or "#1: score 0.900 at x=192, y=128" in text
+    assert [b.label for b in at.button if b.label.startswith("Zoom to tile")] == [
+        "Zoom to tile 1",
+        "Zoom to tile 2",
+    ]
+    at.button(key=f"slide_{case_id}_tile_1").click().run()  # tile 2 at (64, 32)
+    assert not at.exception
+    assert f"Zoom at full resolution: x=64, y=32, {TILE_SIDE} x {TILE_SIDE} px" in _captions(at)
+    assert at.number_input(key=f"slide_{case_id}_zoom_size").value == TILE_SIDE
+    at.button(key=f"slide_{case_id}_tile_0").click().run()  # tile 1 at (192, 128)
+    assert f"Zoom at full resolution: x=192, y=128, {TILE_SIDE} x {TILE_SIDE} px" in _captions(at)
+    assert f"black-and-white box = zoom at x=192, y=128, {TILE_SIDE} x {TILE_SIDE} px" in _texts(at)
+    assert TILE_NAMES[0].startswith("top_01_")
+
+
+def test_case_shows_model_card_research_notice_and_confidence(seeded: Seeded) -> None:
+    at = _open_case(_app(), seeded.case_ids["slide"])
+    warnings = [w.value for w in at.warning]
+    assert any("Research / demonstration model: not for clinical use." in w for w in warnings)
+    text = _texts(at)
+    assert f"**Model:** {plain(SLIDE_CARD['display_name'])}" in text
+    assert f"**Trained on:** {plain(SLIDE_CARD['trained_on'])}" in text
+    assert f"**Intended use:** {plain(SLIDE_CARD['intended_use'])}" in text
+    assert plain("Tiny ABMIL tumour classifier (test)") in at.caption[0].value  # not abmil fold0
+    # uncertainty defined where it is shown (help of the metric and a caption)
+    defined = (
+        "Uncertainty, from 0 (sure) to 1 (unsure): 1 - the probability of the predicted class."
+    )
+    assert plain(defined) in text
+    (uncertainty,) = [m for m in at.metric if m.label == "Uncertainty"]
+    assert uncertainty.proto.help == plain(defined)
+    # every class probability as a bar chart, open on the page (no expander)
+    assert len(_charts(at)) == 1 and not at.expander
+    assert "tumor 0.55 (predicted) · normal 0.45" in text
+    retrieval = _open_case(_app(), seeded.case_ids["retrieval"])
+    assert not [w for w in retrieval.warning if "not for clinical use" in w.value]
+    assert "**Model:** Lesion retrieval vote" in _texts(retrieval)
+    assert "1 \\- the highest class score" in _texts(retrieval)  # no definition in its card
+
+
+def test_volume_case_without_card_lists_every_structure(seeded: Seeded) -> None:
+    at = _open_case(_app(), seeded.case_ids["volume"])
+    assert not at.exception and not at.error
+    assert [i.value for i in at.info] == [
+        "No model card: the pipeline did not say what this model was trained on or is for."
+    ]
+    text = _texts(at)
+    assert "Predicted structures=1" in text and "**Predicted structures (1)**" in text
+    structures = next(d.value for d in at.dataframe if "structure" in d.value.columns)
+    assert structures["structure"].tolist() == ["liver"]
+    assert structures["confidence"].tolist() == [pytest.approx(0.9)]
 
 
 def test_volume_case_renders_with_dice(seeded: Seeded) -> None:
@@ -122,6 +185,34 @@ def test_volume_case_renders_with_dice(seeded: Seeded) -> None:
     assert dice["dice"].tolist() == [pytest.approx(2 * 12 / (16 + 12))]
     at.radio(key=f"{key}_plane").set_value("sagittal").run()
     assert at.slider(key=f"{key}_sagittal_slice").max == 7
+
+
+def test_volume_window_presets_manual_and_legend(seeded: Seeded) -> None:
+    at = _open_case(_app(), seeded.case_ids["volume"])
+    key = f"volume_{seeded.case_ids['volume']}"
+    window = at.selectbox(key=f"{key}_window")
+    assert window.label == "Window (modality not recorded)"
+    assert window.options[:5] == [
+        "percentiles 0.5-99.5",
+        "percentiles 1-99",
+        "CT soft tissue (W400 / L40)",
+        "CT lung (W1500 / L-600)",
+        "CT bone (W1800 / L400)",
+    ]
+    assert window.options[-1] == "manual window / level"
+    window.set_value("CT soft tissue (W400 / L40)").run()
+    assert not at.exception
+    assert "W 400 / L 40" in _texts(at)
+    at.selectbox(key=f"{key}_window").set_value("manual window / level").run()
+    assert at.number_input(key=f"{key}_manual_width").value == 400.0  # starts at the last window
+    assert at.number_input(key=f"{key}_manual_level").value == 40.0
+    at.number_input(key=f"{key}_manual_width").set_value(100.0).run()
+    assert not at.exception and at.number_input(key=f"{key}_manual_width").value == 100.0
+    legend = next(m.value for m in at.markdown if "■" in m.value)
+    assert "liver" in legend
+    at.checkbox(key=f"{key}_class_1").uncheck().run()
+    assert not [m for m in at.markdown if "■" in m.value]
+    assert "No class shown (all toggled off)." in _texts(at)
 
 
 def test_retrieval_case_renders(seeded: Seeded) -> None:
@@ -145,19 +236,21 @@ def _submit(at: AppTest, case_id: int, decision: str, label: str = "", comment: 
 def test_review_submit_is_stored(seeded: Seeded) -> None:
     case_id = seeded.case_ids["slide"]
     at = _open_case(_app(), case_id)
-    _submit(at, case_id, "correct", "normal", "stroma, not tumour")
+    comment = ("stroma, not tumour; " + "the long comment goes on. " * 30).strip()
+    _submit(at, case_id, "correct", "normal", comment)
     assert not at.exception
     assert [s.value for s in at.success] == ["Review saved: correct (case version 1)."]
-    history = next(d.value for d in at.table if "reviewer" in d.value.columns)
-    assert history[["reviewer", "decision", "corrected label", "confidence"]].values.tolist() == [
-        ["alice", "correct", "normal", 4]
-    ]
+    # the history shows each review with its whole comment (never cut)
+    heading = next(m.value for m in at.markdown if m.value.startswith("**alice**"))
+    assert heading.startswith(f"**alice** · {plain('correct -> normal · confidence 4/5 · ')}")
+    assert heading.endswith(plain(" UTC · case version 0"))
+    assert comment in [t.value for t in at.text]
     store = Store.open(seeded.url, workspace=seeded.root)
     rows = service.case_history(store, _user(store, REVIEWER), case_id)
     assert [
         (r.reviewer, r.decision, r.corrected_label, r.comment, r.confidence, r.case_version)
         for r in rows
-    ] == [("alice", "correct", "normal", "stroma, not tumour", 4, 0)]
+    ] == [("alice", "correct", "normal", comment, 4, 0)]
 
 
 def _user(store: Store, creds: tuple[str, str]) -> UserInfo:
@@ -185,7 +278,9 @@ def test_conflict_shows_the_other_review(seeded: Seeded) -> None:
     assert other[["reviewer", "decision", "comment"]].values.tolist() == [
         ["root", "reject", "wrong organ"]
     ]
-    assert at.table[1].value["reviewer"].tolist() == ["root"]  # history shows the case as it is
+    # the history shows the case as it is now
+    assert [m.value for m in at.markdown if m.value.startswith("**root**")]
+    assert "wrong organ" in [t.value for t in at.text]
     assert len(service.case_history(store, _user(store, REVIEWER), case_id)) == 1
 
 

@@ -20,6 +20,7 @@ from medcl.jobs.demo_retrieval import RetrievalDemoConfig, split_pool_and_querie
 from medcl.jobs.demo_slides import toy_bags
 from medcl.review.db import Store
 from medcl.review.importer import parse_record
+from medcl.review.model_card import card_of
 from medcl.review.predictions import (
     PredictionRecord,
     artifact_ref,
@@ -77,6 +78,10 @@ def test_three_predictions_files_are_valid_for_the_importer(demo: DemoRun) -> No
             rec = parse_record(row, path.parent)  # raises on anything the importer refuses
             assert rec["kind"] == kind
             assert rec["case_key"].startswith(f"{kind}:")
+            # every demo model carries a card marking it research / demonstration only
+            card = card_of(rec["artifacts"])
+            assert card is not None and card.research_only, rec["case_key"]
+            assert card.display_name != rec["model"] and card.uncertainty
             for key in PATH_KEYS[kind]:
                 assert Path(rec["artifacts"][key]).is_file(), (rec["case_key"], key)
         if kind == "slide":

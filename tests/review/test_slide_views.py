@@ -48,15 +48,76 @@ def test_read_zoom_full_resolution_and_clamped(tmp_path: Path) -> None:
     assert dims == (96, 64) and thumb.shape == (32, 48, 3)
 
 
-def test_draw_box_outline_in_thumbnail_pixels() -> None:
-    thumb = np.zeros((10, 20, 3), dtype=np.uint8)
-    # slide 200 x 100 -> thumbnail scale 0.1; region (50, 20, 60, 40) -> pixels x 5..10, y 2..5
-    out = sv.draw_box(thumb, sv.Region(50, 20, 60, 40), (200, 100), (9, 9, 9), width=1)
-    drawn = np.argwhere(out[..., 0] == 9)
-    assert drawn[:, 0].min() == 2 and drawn[:, 0].max() == 5
-    assert drawn[:, 1].min() == 5 and drawn[:, 1].max() == 10
-    assert out[3, 7].tolist() == [0, 0, 0]  # inside the box stays untouched
-    assert thumb.max() == 0  # input not modified
+def test_draw_box_double_outline_in_thumbnail_pixels() -> None:
+    thumb = np.full((40, 80, 3), 128, dtype=np.uint8)
+    # slide 800 x 400 -> thumbnail scale 0.1; region (200, 100, 300, 150) -> x 20..49, y 10..24
+    out = sv.draw_box(thumb, sv.Region(200, 100, 300, 150), (800, 400), width=2)
+    white = np.argwhere((out == 255).all(axis=2))
+    assert (white[:, 0].min(), white[:, 0].max()) == (10, 24)
+    assert (white[:, 1].min(), white[:, 1].max()) == (20, 49)
+    black = np.argwhere((out == 0).all(axis=2))  # the outer band, just outside the white one
+    assert (black[:, 0].min(), black[:, 0].max()) == (8, 26)
+    assert (black[:, 1].min(), black[:, 1].max()) == (18, 51)
+    assert out[11, 21].tolist() == [255, 255, 255] and out[9, 19].tolist() == [0, 0, 0]
+    assert out[17, 35].tolist() == [128, 128, 128]  # inside the box stays untouched
+    assert (thumb == 128).all()  # input not modified
+
+
+def test_small_zoom_still_gets_a_visible_box() -> None:
+    # a 256 px zoom on a 100,000 px slide is 2 thumbnail pixels: widened to MIN_BOX around it
+    box = sv.box_on_thumbnail(sv.Region(50_000, 0, 256, 256), (1000, 500), (100_000, 50_000))
+    x0, y0, x1, y1 = box
+    assert x1 - x0 + 1 == sv.MIN_BOX and y1 - y0 + 1 == sv.MIN_BOX
+    assert x0 <= 500 <= x1 and y0 == 0  # centred on the region, kept inside the thumbnail
+
+
+def test_zoom_at_click_centres_the_region() -> None:
+    # thumbnail shown 500 x 250 px for a 10,000 x 5,000 slide: click (250, 100) -> (5000, 2000)
+    assert sv.zoom_at((250, 100), (500, 250), (10_000, 5_000), 512) == sv.Region(
+        4744, 1744, 512, 512
+    )
+    # near the corner the region is moved back inside the slide
+    assert sv.zoom_at((1, 1), (500, 250), (10_000, 5_000), 512) == sv.Region(0, 0, 512, 512)
+    with pytest.raises(ValueError, match="shown size must be positive"):
+        sv.zoom_at((1, 1), (0, 250), (10_000, 5_000), 512)
+
+
+def test_colorbar_image_runs_viridis_low_to_high() -> None:
+    from matplotlib import colormaps
+
+    bar = sv.colorbar_image(width=64, height=5)
+    assert bar.shape == (5, 64, 3) and bar.dtype == np.uint8
+    viridis = colormaps["viridis"]
+    assert bar[0, 0].tolist() == (np.round(np.asarray(viridis(0.0)[:3]) * 255)).tolist()
+    assert bar[4, 63].tolist() == (np.round(np.asarray(viridis(1.0)[:3]) * 255)).tolist()
+    # perceptually uniform: lightness (here the green channel of viridis) rises left to right
+    assert np.all(np.diff(bar[0, :, 1].astype(int)) >= 0)
+    with pytest.raises(ValueError, match="colour bar needs width >= 2"):
+        sv.colorbar_image(width=1)
+
+
+def test_top_tile_names_and_their_zoom(tmp_path: Path) -> None:
+    from medcl.mil.top_tiles import tile_file_name
+
+    name = tile_file_name("top", 1, 0.9731, 1024, 512)
+    assert sv.parse_tile_name(name) == sv.TopTile(1, 0.9731, 1024, 512)
+    assert sv.parse_tile_name("bottom_01_score0.1000_x1_y2.png") is None
+    assert sv.parse_tile_name("tile_0.png") is None
+    tile = sv.TopTile(2, 0.5, 900, 100)
+    assert sv.tile_region(tile, 128, 512, (1000, 800)) == sv.Region(872, 100, 128, 128)
+    assert sv.tile_region(tile, None, 64, (1000, 800)) == sv.Region(900, 100, 64, 64)
+    import h5py
+
+    with h5py.File(tmp_path / "scores.h5", "w") as f:
+        ds = f.create_dataset("coords", data=np.zeros((1, 2), np.int64))
+        ds.attrs["patch_size_level0"] = 127.6
+    assert sv.tile_side(tmp_path / "scores.h5") == 128
+    with h5py.File(tmp_path / "empty.h5", "w"):
+        pass
+    assert sv.tile_side(tmp_path / "empty.h5") is None
+    (tmp_path / "bad.h5").write_text("not hdf5")
+    with pytest.raises(sv.InvalidInputError, match="cannot read tile scores"):
+        sv.tile_side(tmp_path / "bad.h5")
 
 
 def test_load_heatmap_keeps_alpha_and_scores(tmp_path: Path) -> None:
@@ -68,10 +129,10 @@ def test_load_heatmap_keeps_alpha_and_scores(tmp_path: Path) -> None:
     Image.fromarray(scores, "L").save(tmp_path / "s.png")
     loaded = sv.load_heatmap(tmp_path / "s.png")
     assert loaded.shape == (2, 2) and np.array_equal(loaded, scores)
-    # score 255 -> weight 1 at opacity 1: the pixel takes the colormap's top colour
+    # score 255 -> weight 1 at opacity 1: the pixel takes viridis's top colour
     out = sv.blend_heatmap(np.zeros((2, 2, 3), np.uint8), loaded, 1.0)
     assert out[0, 0].tolist() == [0, 0, 0]  # score 0: weight 0, thumbnail unchanged
     from matplotlib import colormaps
 
-    top = (np.asarray(colormaps["inferno"](1.0)[:3]) * 255).astype(np.uint8)
+    top = (np.asarray(colormaps["viridis"](1.0)[:3]) * 255).astype(np.uint8)
     assert out[1, 1].tolist() == top.tolist()

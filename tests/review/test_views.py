@@ -143,3 +143,61 @@ def test_enlarge_repeats_pixels_by_integer_factor() -> None:
     assert big.shape == (6, 9, 3)
     assert np.array_equal(big[::3, ::3], rgb) and np.array_equal(big[2, 8], rgb[0, 2])
     assert views.enlarge(rgb, 3) is rgb
+
+
+def test_window_presets_by_modality_and_level_arithmetic() -> None:
+    assert views.window_from_level(400, 40) == (-160.0, 240.0)  # CT soft tissue
+    assert views.window_from_level(1500, -600) == (-1350.0, 150.0)  # CT lung
+    assert views.window_from_level(1800, 400) == (-500.0, 1300.0)  # CT bone
+    assert views.level_of((-160.0, 240.0)) == (400.0, 40.0)
+    with pytest.raises(ValueError, match="window width must be positive, got 0"):
+        views.window_from_level(0, 40)
+    ct = [p.name for p in views.window_presets("CT")]
+    assert ct[:3] == [
+        "CT soft tissue (W400 / L40)",
+        "CT lung (W1500 / L-600)",
+        "CT bone (W1800 / L400)",
+    ]
+    mr = [p.name for p in views.window_presets("MR")]
+    assert mr == ["percentiles 0.5-99.5", "percentiles 1-99"]  # no HU windows for MR
+    assert [p.name for p in views.window_presets(None)][:2] == mr
+    assert views.modality_of("mri") == "MR" and views.modality_of(" ct ") == "CT"
+    assert views.modality_of("PET") is None and views.modality_of(None) is None
+
+
+def test_percentile_preset_window_on_known_values() -> None:
+    values = np.arange(101, dtype=np.float64).reshape(1, 1, 101)  # 0..100: percentile p = p
+    one_99 = next(p for p in views.PERCENTILE_PRESETS if p.percentiles == (1.0, 99.0))
+    assert views.preset_window(one_99, values) == pytest.approx((1.0, 99.0))
+    assert views.preset_window(views.CT_PRESETS[0], values) == (-160.0, 240.0)
+    # a soft-tissue window maps 40 HU to mid grey, -160 and below to black, 240+ to white
+    grey = views.to_gray_uint8(np.array([-1000.0, -160.0, 40.0, 240.0, 1000.0]), (-160.0, 240.0))
+    assert grey.tolist() == [0, 0, 128, 255, 255]
+
+
+def test_aspect_resampling_keeps_the_finer_axis() -> None:
+    # a coronal slice of a 30-slice volume with 5 mm slices and 1 mm pixels: rows stretched x5
+    assert views.aspect_shape((30, 120), 5.0) == (150, 120)
+    # rows finer than columns: columns stretched, rows kept (never shrink the image)
+    assert views.aspect_shape((100, 40), 0.5) == (100, 80)
+    assert views.aspect_shape((30, 120), 1.0) == (30, 120)
+    rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    wide = views.resample_aspect(rgb, 0.5)
+    assert wide.shape == (2, 6, 3) and np.array_equal(wide[:, ::2], rgb)
+    with pytest.raises(ValueError, match="aspect must be positive"):
+        views.aspect_shape((2, 2), 0.0)
+    # through the whole rendering: 1.5 x 1.5 x 3 mm voxels -> coronal rows doubled
+    image, mask = _volume()
+    aspect = views.plane_aspect((1.5, 1.5, 3.0), "coronal")
+    out = views.render_volume_slice(image, mask, "coronal", 0, window=(0, 30), aspect=aspect)
+    assert out.shape == (6, 4, 3)
+
+
+def test_legend_lists_only_visible_classes() -> None:
+    names = {1: "liver", 2: "spleen", 3: "kidney"}
+    assert views.legend_items(names, {3, 1}) == [
+        (1, "liver", views.PALETTE[0]),
+        (3, "kidney", views.PALETTE[2]),
+    ]
+    assert views.legend_items(names, set()) == []
+    assert views.legend_items(names, {7}) == []  # a class not in the case is never listed
