@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 from session import get_store, require_user
 
+from app_pages import review_settings
 from medcl.errors import MedclError
 from medcl.review import auth, service
 from medcl.review.importer import import_records
@@ -158,3 +159,7 @@ with import_tab:
             )
             for problem in result.errors:
                 st.warning(plain(problem))
+
+# review workflow settings (blind review, correction labels): app_pages/review_settings.py
+with st.expander("Review settings: blind review and correction labels", expanded=False):
+    review_settings.render(store, admin)

@@ -1,4 +1,8 @@
-"""Viewer of a retrieval case: the query image, the LMM answer and the retrieved demonstrations."""
+"""Viewer of a retrieval case: the query image, the LMM answer and the retrieved demonstrations.
+
+A tie in the demonstrations' vote is shown as a tie. The true label is shown only when the
+service hands it over (not to a reviewer who reviews blind and has not submitted yet).
+"""
 
 from __future__ import annotations
 
@@ -32,8 +36,15 @@ def render(store: Store, user: UserInfo, detail: CaseDetail) -> None:
         caption="Query image",
         width="stretch",
     )
+    tie = views.vote_tie(detail.summary.label, art)
+    if tie:
+        right.warning(
+            f"Tie in the demonstrations' vote: {plain(' / '.join(tie))} have as many votes "
+            "each; the model does not pick one."
+        )
+    truth = "hidden until you submit your review" if detail.blind else None
     facts = {
-        "true label": art.get("true_label") or "unknown",
+        "true label": truth or art.get("true_label") or "unknown",
         "LMM answer": art.get("lmm_answer") or "—",
         "selector": art.get("selector") or "—",
     }

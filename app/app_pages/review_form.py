@@ -2,7 +2,11 @@
 
 The form is submitted through a callback bound to the case version that was on screen, so a
 review entered while someone else reviewed the same case raises ``ConflictError`` instead of
-silently overwriting it; the other review is then shown next to the form.
+silently overwriting it; the other review is then shown next to the form (unless the reviewer
+reviews blind: then only that a review was saved).
+
+A corrected label is picked from the case's allowed labels (the model's class map plus labels an
+admin added), never typed. What the reviewer may see (blind review) is decided by the service.
 """
 
 from __future__ import annotations
@@ -21,18 +25,24 @@ from medcl.review.service import CaseDetail, ReviewInfo
 
 DECISIONS = ("accept", "reject", "correct")
 NOT_GIVEN = "not given"
-OTHER = "(type below)"
+NO_LABEL = "(none)"
 
 
-def known_labels(detail: CaseDetail) -> list[str]:
-    """Labels a corrected label can be picked from: scores, prediction, case-kind labels."""
-    art: dict[str, Any] = detail.artifacts or {}
-    found = [*detail.scores.keys(), detail.summary.label]
-    found += [str(v) for v in (art.get("labels") or {}).values()]
-    found += [str(d.get("label")) for d in art.get("demonstrations") or [] if d.get("label")]
-    if art.get("true_label"):
-        found.append(str(art["true_label"]))
-    return sorted({x for x in found if x})
+def label_options(detail: CaseDetail) -> list[str]:
+    """The corrected-label choices: none, then the allowed labels the service computed."""
+    return [NO_LABEL, *detail.allowed_labels]
+
+
+def blind_notice(detail: CaseDetail) -> str | None:
+    """What the form says while the case is shown blind (``None`` when it is not)."""
+    if not detail.blind:
+        return None
+    others = (
+        f" and {detail.hidden_reviews} review(s) by others are"
+        if detail.hidden_reviews
+        else " and any reviews by others are"
+    )
+    return f"Blind review: the ground truth{others} hidden until you submit your review."
 
 
 def review_rows(reviews: list[ReviewInfo]) -> list[dict[str, Any]]:
@@ -53,9 +63,8 @@ def review_rows(reviews: list[ReviewInfo]) -> list[dict[str, Any]]:
 
 def _submit(store: Store, user: UserInfo, case_id: int, shown_version: int) -> None:
     state = st.session_state
-    picked = state.get(f"review_label_{case_id}", OTHER)
-    typed = str(state.get(f"review_other_{case_id}", "")).strip()
-    label = typed or (None if picked == OTHER else picked)
+    picked = state.get(f"review_label_{case_id}", NO_LABEL)
+    label = None if picked == NO_LABEL else str(picked)
     confidence = state.get(f"review_confidence_{case_id}", NOT_GIVEN)
     state.pop(f"review_conflict_{case_id}", None)
     try:
@@ -80,19 +89,22 @@ def _submit(store: Store, user: UserInfo, case_id: int, shown_version: int) -> N
             f"Review saved: {saved.decision} (case version {saved.case_version + 1}).",
         )
         state[f"review_comment_{case_id}"] = ""
-        state[f"review_other_{case_id}"] = ""
 
 
 def render(store: Store, user: UserInfo, detail: CaseDetail) -> None:
     """Draw the form (decision, corrected label, comment, confidence) and the history."""
     case_id = detail.summary.id
     st.subheader("Your review")
+    notice = blind_notice(detail)
+    if notice is not None:
+        st.info(notice)
     conflict = st.session_state.get(f"review_conflict_{case_id}")
     if conflict is not None:
         message, other = conflict
         st.error(plain(message))
-        st.caption("The review saved meanwhile:")
-        st.table(other, hide_index=True)
+        if other:
+            st.caption("The review saved meanwhile:")
+            st.table(other, hide_index=True)
         st.caption("Your entries are kept below; submit again to add your review on top.")
     message = st.session_state.pop(f"review_message_{case_id}", None)
     if message is not None:
@@ -101,11 +113,11 @@ def render(store: Store, user: UserInfo, detail: CaseDetail) -> None:
         st.radio("Decision", DECISIONS, key=f"review_decision_{case_id}", horizontal=True)
         st.selectbox(
             "Corrected label",
-            [OTHER, *known_labels(detail)],
+            label_options(detail),
             key=f"review_label_{case_id}",
-            help="Used when the decision is 'correct'.",
+            help="Used when the decision is 'correct': the model's classes and the labels an "
+            "admin added.",
         )
-        st.text_input("Other label (free text, wins over the list)", key=f"review_other_{case_id}")
         st.text_area("Comment", key=f"review_comment_{case_id}")
         st.select_slider(
             "Confidence", [NOT_GIVEN, 1, 2, 3, 4, 5], key=f"review_confidence_{case_id}"
@@ -119,6 +131,8 @@ def render(store: Store, user: UserInfo, detail: CaseDetail) -> None:
     st.subheader("History")
     if detail.reviews:
         render_history(detail.reviews)
+    elif detail.blind:
+        st.caption("Hidden until you submit your review.")
     else:
         st.caption("No review yet.")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,25 @@ def add_parser(sub: Any) -> None:
     add_workspace_arg(p)
     p.set_defaults(func=_train_cci)
 
-    ix = cmds.add_parser("index", help="embed a labelled pool and save a FAISS index of it")
+    ix = cmds.add_parser(
+        "index",
+        help="embed a labelled pool and save a FAISS index of it",
+        description=(
+            "Builds a pool index; with --add-reviewed, adds the accepted and corrected "
+            "retrieval cases of the review store to the existing index in --out instead "
+            "(embedded with the index's own encoder, provenance kept, no duplicates)."
+        ),
+    )
     ix.add_argument("--encoder", default=None, help="registry encoder (e.g. medcl:cci.pt)")
     ix.add_argument("--data-root", type=Path, default=None, help="folder relative paths use")
     ix.add_argument("--out", dest="out_dir", type=Path, default=None, help="index folder")
+    ix.add_argument(
+        "--add-reviewed",
+        action="store_true",
+        help="add reviewed retrieval cases to the index in --out",
+    )
+    ix.add_argument("--db", default=None, metavar="URL", help="review store (--add-reviewed)")
+    ix.add_argument("--model", default=None, help="--add-reviewed: only this prediction model")
     add_config_args(ix)
     add_workspace_arg(ix)
     ix.set_defaults(func=_index)
@@ -97,8 +113,28 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_reviewed(args: argparse.Namespace) -> int:
+    from medcl.errors import MedclError
+    from medcl.retrieval.reviewed import add_reviewed_to_index
+    from medcl.review.auth import system_user
+    from medcl.review.db import Store
+
+    if args.out_dir is None:
+        raise MedclError("--add-reviewed needs --out: the index folder to add to")
+    store = Store.open(args.db, workspace=args.workspace)
+    res = add_reviewed_to_index(args.out_dir, store, system_user(), model=args.model)
+    for item in res.skipped:
+        print(f"left out {item['case_key']}: {item['reason']}", file=sys.stderr)
+    print(f"added {len(res.added)} reviewed case(s); {res.count} demonstrations")
+    print(f"fingerprint {res.fingerprint_before} -> {res.fingerprint_after}")
+    return 0
+
+
 def _index(args: argparse.Namespace) -> int:
     from medcl.retrieval.pool import PoolIndexConfig, build_pool_index
+
+    if args.add_reviewed:
+        return _add_reviewed(args)
 
     cfg = resolve_config(PoolIndexConfig, args, {"out_dir": args.out_dir, "encoder": args.encoder})
     out = build_pool_index(cfg, workspace=args.workspace, data_root=args.data_root)

@@ -47,11 +47,54 @@ def add_parser(sub: Any) -> None:
     _common(i)
     i.set_defaults(func=_import)
 
-    e = cmds.add_parser("export", help="export reviews (csv/json) or the corrections manifest")
-    e.add_argument("--format", dest="fmt", default="csv", choices=["csv", "json", "manifest"])
+    e = cmds.add_parser(
+        "export",
+        help="export reviews (csv/json), the corrections manifest or a MIL bags manifest",
+        description=(
+            "manifest: corrected cases as an image-set CSV; mil-manifest: accepted and corrected "
+            "slide cases as a bags CSV for `medcl mil train --bags`. Corrections outside the "
+            "allowed labels are left out and listed on stderr."
+        ),
+    )
+    e.add_argument(
+        "--format",
+        dest="fmt",
+        default="csv",
+        choices=["csv", "json", "manifest", "mil-manifest"],
+    )
     e.add_argument("--out", type=Path, required=True, help="file to write")
+    e.add_argument(
+        "--features",
+        type=Path,
+        default=None,
+        help="mil-manifest: folder of <slide stem>.h5 bags for cases without artifacts.bag",
+    )
     _common(e)
     e.set_defaults(func=_export)
+
+    st = cmds.add_parser("settings", help="show or change project settings (blind review)")
+    st.add_argument(
+        "--blind-review",
+        choices=["on", "off"],
+        default=None,
+        help="hide ground truth and others' reviews from reviewers until they submit",
+    )
+    _common(st)
+    st.set_defaults(func=_settings)
+
+    lb = cmds.add_parser("labels", help="correction labels admins add to a model's class map")
+    lb.set_defaults(group_parser=lb)
+    lbc = lb.add_subparsers(dest="labels_command", metavar="COMMAND")
+    for name, helptext in (("add", "add a label"), ("remove", "remove an added label")):
+        one = lbc.add_parser(name, help=helptext)
+        one.add_argument("model", help="prediction model name (as in the worklist)")
+        one.add_argument("label")
+        _common(one)
+        one.set_defaults(func=_labels_change, labels_action=name)
+    lls = lbc.add_parser("list", help="list added labels")
+    lls.add_argument("--model", default=None)
+    _common(lls)
+    lls.set_defaults(func=_labels_list)
 
     ls = cmds.add_parser("users", help="list users")
     _common(ls)
@@ -116,15 +159,60 @@ def _import(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from medcl.review.auth import system_user
     from medcl.review.exports import export_corrections_manifest, export_reviews
+    from medcl.review.feedback import export_mil_manifest
 
     store = _store(args)
+    skipped: list[dict[str, Any]] = []
     if args.fmt == "manifest":
-        text = export_corrections_manifest(store, system_user())
+        text = export_corrections_manifest(store, system_user(), skipped=skipped)
+    elif args.fmt == "mil-manifest":
+        text = export_mil_manifest(
+            store, system_user(), features_dir=args.features, skipped=skipped
+        )
     else:
-        text = export_reviews(store, system_user(), args.fmt)
+        text = export_reviews(store, system_user(), args.fmt, skipped=skipped)
+    for item in skipped:
+        print(
+            f"left out {item['case_key']} (review {item['review_id']}): {item['reason']}",
+            file=sys.stderr,
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text, encoding="utf-8")
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out}" + (f" ({len(skipped)} review(s) left out)" if skipped else ""))
+    return 0
+
+
+def _settings(args: argparse.Namespace) -> int:
+    from medcl.review.auth import system_user
+    from medcl.review.blind import get_blind_review, set_blind_review
+
+    store = _store(args)
+    if args.blind_review is not None:
+        set_blind_review(store, system_user(), args.blind_review == "on")
+    print(f"blind review: {'on' if get_blind_review(store) else 'off'}")
+    return 0
+
+
+def _labels_change(args: argparse.Namespace) -> int:
+    from medcl.review.auth import system_user
+    from medcl.review.labels import add_extra_label, remove_extra_label
+
+    store = _store(args)
+    if args.labels_action == "add":
+        info = add_extra_label(store, system_user(), args.model, args.label)
+        print(f"model '{info.model}': label '{info.label}' added")
+    else:
+        remove_extra_label(store, system_user(), args.model, args.label)
+        print(f"model '{args.model}': label '{args.label}' removed")
+    return 0
+
+
+def _labels_list(args: argparse.Namespace) -> int:
+    from medcl.review.auth import system_user
+    from medcl.review.labels import list_extra_labels
+
+    for item in list_extra_labels(_store(args), system_user(), args.model):
+        print(f"{item.model}\t{item.label}\t{item.added_by}\t{item.created:%Y-%m-%d %H:%M}")
     return 0
 
 

@@ -6,7 +6,9 @@ the source-site images (HAM10000 body sites back/trunk/abdomen/chest with the re
 (:func:`medcl.retrieval.pool.build_pool_index`); a few target-site queries (lesions never in the
 pool) each get their ``k`` demonstrations (:func:`medcl.retrieval.pool.select_demonstrations`).
 Each query becomes one retrieval case whose predicted label is the k-NN vote of its
-demonstrations (score = vote share). When an OpenAI-compatible endpoint is configured
+demonstrations (score = vote share; a tie is reported as ``"tie: a / b"`` with the tied
+classes in ``artifacts.tie``, never broken silently; ``artifacts.classes`` lists the pool's
+classes). When an OpenAI-compatible endpoint is configured
 (``MEDCL_LMM_BASE_URL`` + ``MEDCL_LMM_MODEL``) the episode is also sent to the LMM and its parsed
 answer stored as ``lmm_answer``; otherwise ``lmm_answer`` is null.
 
@@ -49,8 +51,9 @@ from medcl.retrieval.pool import (
     select_demonstrations,
 )
 from medcl.retrieval.prompts import Demonstration
+from medcl.retrieval.vote import majority_vote
 from medcl.review.model_card import ModelCard
-from medcl.review.predictions import PredictionRecord, artifact_ref, vote_scores, write_predictions
+from medcl.review.predictions import PredictionRecord, artifact_ref, write_predictions
 from medcl.workspace import slug
 
 log = logging.getLogger(__name__)
@@ -252,8 +255,7 @@ def run_retrieval_demo(cfg: RetrievalDemoConfig, out: Path, *, data_root: Path |
     version = f"{cfg.selector}-k{cfg.k}-{index.fingerprint[:8]}"
     records = []
     for item, (query, demos), answer in zip(items, picks, answers, strict=True):
-        scores = vote_scores([d.label for d in demos])
-        label = max(scores, key=lambda name: scores[name])  # ties: the most similar first
+        vote = majority_vote([d.label for d in demos])
         records.append(
             PredictionRecord(
                 case_key=f"retrieval:{slug(query.stem)}",
@@ -261,11 +263,13 @@ def run_retrieval_demo(cfg: RetrievalDemoConfig, out: Path, *, data_root: Path |
                 model=f"knn-{slug(cfg.encoder)}",
                 model_version=version,
                 site=item["domain"],
-                label=label,
-                scores=scores,
+                label=vote.label,
+                scores=vote.scores,
                 artifacts={
                     "query": artifact_ref(query, out),
                     "true_label": item["label"],
+                    "classes": labels,
+                    "tie": list(vote.tied) or None,
                     "demonstrations": [
                         {
                             "path": artifact_ref(d.image_path, out),

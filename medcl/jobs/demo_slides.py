@@ -230,7 +230,9 @@ def run_slides_demo(
         stem = path.stem
         folder = out / "heatmaps" / slug(stem)
         pred = run_slide_heatmap(model_path, bag_file, path, folder, heat_cfg, mpp=mpp)
-        records.append(_record(cfg, out, path, mpp, tiles, folder, pred, version, len(slides)))
+        records.append(
+            _record(cfg, out, path, mpp, tiles, folder, pred, version, len(slides), bag_file)
+        )
     return write_predictions(out / "predictions.jsonl", records)
 
 
@@ -244,6 +246,7 @@ def _record(
     pred: dict[str, Any],
     version: str,
     n_slides: int,
+    bag_file: Path,
 ) -> PredictionRecord:
     from medcl.io.slides import open_slide
 
@@ -261,6 +264,7 @@ def _record(
         scores={str(k): float(v) for k, v in pred["probabilities"].items()},
         artifacts={
             "slide": artifact_ref(path, out),
+            "bag": artifact_ref(bag_file, out),  # reviewed labels train MIL on it again
             "mpp": mpp,
             "thumbnail": artifact_ref(tiles / "thumbnails" / f"{path.stem}.png", out),
             "heatmap": artifact_ref(folder / outputs["heatmap_layer"], out),

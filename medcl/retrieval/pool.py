@@ -10,6 +10,7 @@ or when the caller's current pool (re-listed from the data, not read from the in
 
 from __future__ import annotations
 
+import csv
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -33,6 +34,11 @@ from medcl.workspace import data_root as resolve_data_root
 from medcl.workspace import job_dir
 
 log = logging.getLogger(__name__)
+
+#: Reviewed cases added to an index (``medcl retrieval index --add-reviewed``), beside it.
+REVIEWED_FILE = "reviewed.csv"
+PROVENANCE_COLUMNS = ("source", "case_key", "review_id", "reviewer", "reviewed_at", "decision")
+REVIEWED_COLUMNS = ("path", "label", "domain", "group", *PROVENANCE_COLUMNS[1:])
 
 
 class PoolIndexConfig(StrictModel):
@@ -73,13 +79,31 @@ def pool_paths(cfg: PoolIndexConfig, data_root: Path | None) -> list[str]:
     return [str(p) for p in pool.df["path"]]
 
 
+def read_reviewed(folder: Path) -> list[dict[str, str]]:
+    """The rows of ``reviewed.csv`` in an index folder (none when absent).
+
+    Raises:
+        InvalidInputError: the file lacks one of :data:`REVIEWED_COLUMNS`.
+    """
+    path = Path(folder) / REVIEWED_FILE
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in REVIEWED_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise InvalidInputError(path, f"lacks column(s) {', '.join(missing)}")
+        return list(reader)
+
+
 def current_pool_paths(folder: Path, data_root: Path | None = None) -> list[str]:
     """The pool an index folder was built from, re-listed from the data as it is now.
 
     Reads the index's saved ``config.yaml`` (its data settings, the path resolved when the
     index was built; ``data_root`` serves older relative ones) and lists the images again, so
     images added to or removed from the image set since the index was built show up as a
-    fingerprint mismatch.
+    fingerprint mismatch. The reviewed cases added to the index (``reviewed.csv``, see
+    :mod:`medcl.retrieval.reviewed`) are part of the pool while their image files exist.
 
     Raises:
         InvalidInputError: no saved config in ``folder`` (not made by ``retrieval index``).
@@ -89,7 +113,8 @@ def current_pool_paths(folder: Path, data_root: Path | None = None) -> list[str]
         raise InvalidInputError(
             folder, f"no {RESOLVED_CONFIG_NAME}: cannot list the pool it was built from"
         )
-    return pool_paths(load_config(PoolIndexConfig, config), data_root)
+    reviewed = [r["path"] for r in read_reviewed(folder) if Path(r["path"]).is_file()]
+    return pool_paths(load_config(PoolIndexConfig, config), data_root) + reviewed
 
 
 def build_pool_index(

@@ -147,6 +147,28 @@ class Audit(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
+class Setting(Base):
+    """One project setting (e.g. ``blind_review``); absent rows take their defaults."""
+
+    __tablename__ = "settings"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[Any] = mapped_column(JSON)
+    updated: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(64))
+
+
+class ExtraLabel(Base):
+    """A correction label an admin added to the class map of the model ``model``."""
+
+    __tablename__ = "extra_labels"
+    __table_args__ = (UniqueConstraint("model", "label"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), index=True)
+    label: Mapped[str] = mapped_column(String(256))
+    added_by: Mapped[str] = mapped_column(String(64))
+    created: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
 def add_audit(
     session: Session,
     action: str,

@@ -5,6 +5,14 @@
 :func:`medcl.io.images.load_image_set`: one row per case whose newest review is a correction --
 retrieval: the query image and the corrected label; slide: the slide file and the corrected label;
 volume: the image and the corrected label, else the reviewer's comment.
+
+Both exports check every stored correction against the allowed labels of its case (the model's
+class map plus admin labels, :mod:`medcl.review.labels`). A correction outside them (written
+before the check existed, or whose admin label was removed since) is **left out**, never exported
+silently: a warning is logged naming the case and the label, the export's audit entry lists it
+under ``skipped``, and callers that pass a ``skipped`` list get the reasons (the CLI prints them).
+Leaving the row out rather than failing keeps every other review exportable; the reviewer's fix
+is a new review of the case.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from sqlalchemy import select
 from medcl.review.auth import UserInfo, require_admin
 from medcl.review.db import Audit, Case, Prediction, Review, Store, User, add_audit
 from medcl.review.errors import ReviewError
+from medcl.review.labels import allowed_labels, label_problem
 from medcl.review.queries import AuditEntry
 
 logger = logging.getLogger(__name__)
@@ -74,16 +83,45 @@ def audit_log(
         ]
 
 
-def _latest_predictions(session: Any) -> dict[int, Prediction]:
+def latest_predictions(session: Any) -> dict[int, Prediction]:
     out: dict[int, Prediction] = {}
     for pred in session.scalars(select(Prediction).order_by(Prediction.id)):
         out[pred.case_id] = pred
     return out
 
 
-def _review_rows(store: Store) -> list[dict[str, Any]]:
+class LabelChecker:
+    """Checks stored corrections against their case's allowed labels (cached per prediction)."""
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+        self._allowed: dict[int, list[str]] = {}
+
+    def problem(self, review: Review, case: Case, pred: Prediction | None) -> str | None:
+        """Why ``review`` must not be exported (``None`` when it may)."""
+        if review.decision != "correct":
+            return None
+        if review.corrected_label is None and case.kind == "volume" and review.comment.strip():
+            return None  # a volume correction may be a comment only
+        if pred is None:
+            return "no prediction to check the corrected label against"
+        if pred.id not in self._allowed:
+            self._allowed[pred.id] = allowed_labels(
+                self._session, pred.model, case.kind, pred.scores or {}, pred.artifacts or {}
+            )
+        return label_problem(review.corrected_label, self._allowed[pred.id], pred.model)
+
+
+def skip_row(skipped: list[dict[str, Any]], case_key: str, review_id: int, reason: str) -> None:
+    """Log and record a review left out of an export."""
+    logger.warning("case %s review %d left out of the export: %s", case_key, review_id, reason)
+    skipped.append({"case_key": case_key, "review_id": review_id, "reason": reason})
+
+
+def _review_rows(store: Store, skipped: list[dict[str, Any]]) -> list[dict[str, Any]]:
     with store.session() as session:
-        preds = _latest_predictions(session)
+        checker = LabelChecker(session)
+        preds = latest_predictions(session)
         rows = session.execute(
             select(Review, Case, User.username)
             .join(Case, Case.id == Review.case_id)
@@ -93,6 +131,10 @@ def _review_rows(store: Store) -> list[dict[str, Any]]:
         out = []
         for review, case, name in rows:
             pred = preds.get(case.id)
+            problem = checker.problem(review, case, pred)
+            if problem is not None:
+                skip_row(skipped, case.case_key, review.id, problem)
+                continue
             out.append(
                 {
                     "review_id": review.id,
@@ -114,15 +156,24 @@ def _review_rows(store: Store) -> list[dict[str, Any]]:
     return out
 
 
-def export_reviews(store: Store, admin: UserInfo, fmt: str = "csv") -> str:
+def export_reviews(
+    store: Store,
+    admin: UserInfo,
+    fmt: str = "csv",
+    *,
+    skipped: list[dict[str, Any]] | None = None,
+) -> str:
     """Every review with its case and prediction, as CSV (header ``REVIEW_FIELDS``) or JSON.
 
-    In CSV, missing values (no corrected label, no confidence) are empty cells.
+    In CSV, missing values (no corrected label, no confidence) are empty cells. Corrections
+    outside the allowed labels are left out (see the module docstring); ``skipped`` (when
+    given) receives ``{"case_key", "review_id", "reason"}`` of each.
     """
     require_admin(admin)
     if fmt not in ("csv", "json"):
         raise ReviewError(f"export format must be csv or json (got '{fmt}')")
-    rows = _review_rows(store)
+    left_out: list[dict[str, Any]] = []
+    rows = _review_rows(store, left_out)
     if fmt == "json":
         text = json.dumps(rows, indent=2, ensure_ascii=False)
     else:
@@ -131,23 +182,46 @@ def export_reviews(store: Store, admin: UserInfo, fmt: str = "csv") -> str:
         writer.writeheader()
         writer.writerows(rows)
         text = buf.getvalue()
-    _audit_export(store, admin, fmt, len(rows))
+    audit_export(store, admin, fmt, len(rows), left_out)
+    if skipped is not None:
+        skipped.extend(left_out)
     return text
 
 
-def export_corrections_manifest(store: Store, admin: UserInfo) -> str:
-    """The corrected cases as an image-set manifest CSV (see the module docstring)."""
+def newest_reviews(session: Any) -> dict[int, tuple[Review, Case]]:
+    """The newest review of every reviewed case, by case id."""
+    newest: dict[int, tuple[Review, Case]] = {}
+    for review, case in session.execute(
+        select(Review, Case)
+        .join(Case, Case.id == Review.case_id)
+        .order_by(Review.case_version, Review.id)
+    ).all():
+        newest[case.id] = (review, case)
+    return newest
+
+
+def export_corrections_manifest(
+    store: Store, admin: UserInfo, *, skipped: list[dict[str, Any]] | None = None
+) -> str:
+    """The corrected cases as an image-set manifest CSV (see the module docstring); corrections
+    outside the allowed labels are left out and reported in ``skipped`` (when given)."""
     require_admin(admin)
+    left_out: list[dict[str, Any]] = []
     with store.session() as session:
-        preds = _latest_predictions(session)
-        newest: dict[int, tuple[Review, Case]] = {}
-        for review, case in session.execute(
-            select(Review, Case).join(Case, Case.id == Review.case_id).order_by(Review.id)
-        ).all():
-            newest[case.id] = (review, case)
+        preds = latest_predictions(session)
+        newest = newest_reviews(session)
+        checker = LabelChecker(session)
+        problems = {
+            case_id: checker.problem(review, case, preds.get(case_id))
+            for case_id, (review, case) in newest.items()
+        }
     rows: dict[str, dict[str, str]] = {}
     for case_id, (review, case) in sorted(newest.items()):
         if review.decision != "correct" or case_id not in preds:
+            continue
+        problem = problems[case_id]
+        if problem is not None:
+            skip_row(left_out, case.case_key, review.id, problem)
             continue
         path = preds[case_id].artifacts.get(_MANIFEST_PATH_KEY.get(case.kind, ""))
         label = review.corrected_label or " ".join(review.comment.split())
@@ -172,16 +246,18 @@ def export_corrections_manifest(store: Store, admin: UserInfo) -> str:
     writer = csv.DictWriter(buf, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows.values())
-    _audit_export(store, admin, "manifest", len(rows))
+    audit_export(store, admin, "manifest", len(rows), left_out)
+    if skipped is not None:
+        skipped.extend(left_out)
     return buf.getvalue()
 
 
-def _audit_export(store: Store, admin: UserInfo, fmt: str, n: int) -> None:
+def audit_export(
+    store: Store, admin: UserInfo, fmt: str, n: int, skipped: list[dict[str, Any]]
+) -> None:
+    """The audit entry of an export: format, rows written and the rows left out (with why)."""
+    detail: dict[str, Any] = {"format": fmt, "rows": n}
+    if skipped:
+        detail["skipped"] = skipped
     with store.session(write=True) as session:
-        add_audit(
-            session,
-            "export",
-            user_id=admin.id,
-            username=admin.username,
-            detail={"format": fmt, "rows": n},
-        )
+        add_audit(session, "export", user_id=admin.id, username=admin.username, detail=detail)

@@ -19,9 +19,11 @@ Artifacts (paths relative to the predictions file's folder, or absolute):
   ``dice`` {"liver": 0.91} or null
 - slide: ``slide`` (required), ``mpp`` (or null), ``thumbnail``, ``heatmap``, ``heatmap_colorbar``
   (its colour bar PNG), ``heatmap_score`` (what the colours show), ``scores`` (HDF5 of
-  coords + scores), ``top_tiles`` [paths]
+  coords + scores), ``top_tiles`` [paths], ``bag`` (the slide's feature bag, for
+  ``medcl review export --format mil-manifest``)
 - retrieval: ``query`` (required), ``true_label`` (or null), ``demonstrations`` [{"path", "label",
-  "similarity", "domain"}], ``lmm_answer`` (or null), ``selector``
+  "similarity", "domain"}], ``lmm_answer`` (or null), ``selector``, ``classes`` (the pool's class
+  names), ``tie`` (null, or the classes tied in the vote when ``label`` is ``"tie: a / b"``)
 
 ``(case_key, model, model_version)`` is unique: importing the same file twice adds nothing. A case
 is created at its first prediction (status 'pending', version 0); a later model version adds a
@@ -65,7 +67,15 @@ MAX_BATCH_PAUSE_S = 0.2
 _REQUIRED = ("case_key", "kind", "model", "model_version", "label")
 _PATH_KEYS = {
     "volume": ("image", "mask", "ground_truth"),
-    "slide": ("slide", "thumbnail", "heatmap", "heatmap_figure", "heatmap_colorbar", "scores"),
+    "slide": (
+        "slide",
+        "thumbnail",
+        "heatmap",
+        "heatmap_figure",
+        "heatmap_colorbar",
+        "scores",
+        "bag",
+    ),
     "retrieval": ("query",),
 }
 _MAIN_ARTIFACT = {"volume": "image", "slide": "slide", "retrieval": "query"}
@@ -117,6 +127,12 @@ def _artifacts(kind: str, raw: Any, base: Path) -> dict[str, Any]:
         out["demonstrations"] = [
             {**d, "path": _absolute(d.get("path"), base, "demonstrations[].path")} for d in demos
         ]
+    for key in ("classes", "tie"):
+        names = out.get(key)
+        if names is not None and not (
+            isinstance(names, list) and all(isinstance(n, str) and n.strip() for n in names)
+        ):
+            raise ValueError(f"artifacts.{key} must be a list of class names")
     return out
 
 

@@ -137,6 +137,16 @@ def read_predictions(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return out
 
 
+#: A predicted label that reports a tie in a vote (``"tie: a / b"``) starts with this; it names
+#: no class (see :func:`medcl.retrieval.vote.majority_vote`).
+TIE_PREFIX = "tie: "
+
+
+def is_tie_label(label: str | None) -> bool:
+    """Whether ``label`` reports a tie in a vote (``"tie: a / b"``), not a class."""
+    return bool(label) and str(label).startswith(TIE_PREFIX)
+
+
 def vote_scores(labels: Sequence[str]) -> dict[str, float]:
     """Vote shares of ``labels`` (``["a", "b", "a"]`` -> ``{"a": 2/3, "b": 1/3}``), by first
     appearance; empty input gives ``{}``."""

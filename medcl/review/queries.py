@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import Select, and_, exists, func, not_, or_, select
 from sqlalchemy.orm import Session
 
+from medcl.review import blind
 from medcl.review.auth import UserInfo
 from medcl.review.db import Case, Prediction, Review, Store, User
 from medcl.review.errors import NotFoundError, ReviewError
+from medcl.review.labels import allowed_labels
 from medcl.review.model_card import card_of, display_name
 
 SORTS = ("uncertainty", "updated", "case_key")
@@ -82,13 +84,21 @@ class ReviewInfo:
 
 @dataclass(frozen=True)
 class CaseDetail:
-    """A case page: summary, the newest prediction's scores and artifacts, its reviews."""
+    """A case page: summary, the newest prediction's scores and artifacts, its reviews.
+
+    ``allowed_labels``: what a correction may carry (:mod:`medcl.review.labels`). ``blind``: the
+    case is shown blind (:mod:`medcl.review.blind`): ground truth and the ``hidden_reviews``
+    reviews of others are left out.
+    """
 
     summary: CaseSummary
     scores: dict[str, float]
     artifacts: dict[str, Any]
     version: int
     reviews: list[ReviewInfo]
+    allowed_labels: tuple[str, ...] = ()
+    blind: bool = False
+    hidden_reviews: int = 0
 
 
 @dataclass(frozen=True)
@@ -165,10 +175,19 @@ def list_cases(
     if page < 1 or not 1 <= page_size <= MAX_PAGE_SIZE:
         raise ReviewError(f"page must be >= 1 and page_size in 1..{MAX_PAGE_SIZE}")
     query = _summary_select()
+    with store.session() as session:
+        blind_user = not user.is_admin and blind.blind_review_on(session)
+    mine = exists().where(Review.case_id == Case.id, Review.user_id == user.id)
     conditions = []
-    for column, value in ((Case.status, status), (Case.kind, kind), (Case.site, site)):
+    if blind_user:
+        query = query.add_columns(mine.label("mine"))
+        if status is not None:
+            conditions.append(_blind_status_filter(status, mine))
+    for column, value in ((Case.kind, kind), (Case.site, site)):
         if value is not None:
             conditions.append(column == value)
+    if status is not None and not blind_user:
+        conditions.append(Case.status == status)
     if model is not None:
         conditions.append(Prediction.model == model)
     if search:
@@ -192,14 +211,36 @@ def list_cases(
             query.order_by(*order).limit(page_size).offset((page - 1) * page_size)
         ).all()
         items = [_summary(row[0], row[1], row[2]) for row in rows]
+    if blind_user:  # a decision of others shows as 'reviewed' until the user has reviewed
+        items = [s if row[3] else blind.mask_summary(s) for s, row in zip(items, rows, strict=True)]
     return Page(items=items, total=int(total), page=page, page_size=page_size)
 
 
+def _blind_status_filter(status: str, mine: Any) -> Any:
+    """The worklist's status filter for a blind reviewer (statuses as they see them)."""
+    if status == "pending":
+        return Case.status == "pending"
+    if status == blind.BLIND_STATUS:
+        return and_(Case.status != "pending", not_(mine))
+    return and_(Case.status == status, mine)
+
+
 def filter_options(store: Store, user: UserInfo) -> dict[str, list[str]]:
-    """Distinct values for the worklist filters: keys ``status``, ``kind``, ``model``, ``site``."""
+    """Distinct values for the worklist filters: keys ``status``, ``kind``, ``model``, ``site``.
+
+    A blind reviewer sees the statuses as the worklist shows them to them (see
+    :mod:`medcl.review.blind`).
+    """
     with store.session() as session:
+        statuses = sorted(session.scalars(select(Case.status).distinct()))
+        if not user.is_admin and blind.blind_review_on(session):
+            mine = exists().where(Review.case_id == Case.id, Review.user_id == user.id)
+            own = session.scalars(select(Case.status).where(mine).distinct())
+            others = session.scalar(select(exists().where(Case.status != "pending", not_(mine))))
+            pending = ["pending"] if "pending" in statuses else []
+            statuses = sorted({*pending, *own, *([blind.BLIND_STATUS] if others else [])})
         return {
-            "status": sorted(session.scalars(select(Case.status).distinct())),
+            "status": statuses,
             "kind": sorted(session.scalars(select(Case.kind).distinct())),
             "model": sorted(session.scalars(select(Prediction.model).distinct())),
             "site": sorted(session.scalars(select(Case.site).distinct())),
@@ -231,15 +272,19 @@ def reviews_of(session: Session, case_id: int) -> list[ReviewInfo]:
 
 
 def load_detail(session: Session, case_id: int) -> CaseDetail:
-    """The case ``case_id`` read in ``session``; :class:`NotFoundError` if there is none."""
+    """The case ``case_id`` read in ``session``, unmasked (callers that show it to a user apply
+    :func:`medcl.review.blind.visible_detail`); :class:`NotFoundError` if there is none."""
     row = session.execute(_summary_select().where(Case.id == case_id)).first()
     if row is None:
         raise NotFoundError(f"no case with id {case_id}")
     case, pred, n_reviews = row
+    artifacts = dict(pred.artifacts or {})
+    scores = {str(k): float(v) for k, v in (pred.scores or {}).items()}
     return CaseDetail(
         summary=_summary(case, pred, n_reviews),
-        scores={str(k): float(v) for k, v in (pred.scores or {}).items()},
-        artifacts=dict(pred.artifacts or {}),
+        scores=scores,
+        artifacts=artifacts,
         version=case.version,
         reviews=reviews_of(session, case_id),
+        allowed_labels=tuple(allowed_labels(session, pred.model, case.kind, scores, artifacts)),
     )

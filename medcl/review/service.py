@@ -7,6 +7,10 @@ other gets :class:`ConflictError` carrying the case as it is now. Nothing is wri
 
 Artifact files named in the database are opened only through :func:`artifact_path`, which refuses
 anything outside the store's allowed roots (symbolic links resolved first).
+
+Every case handed to a user goes through :func:`medcl.review.blind.visible_detail` (blind review:
+ground truth and others' reviews hidden until the reviewer has submitted). A correction must carry
+a label of the model's class map or one an admin added (:mod:`medcl.review.labels`).
 """
 
 from __future__ import annotations
@@ -19,10 +23,18 @@ from sqlalchemy import update
 
 from medcl.errors import InvalidInputError
 from medcl.review.auth import UserInfo
+from medcl.review.blind import get_blind_review, is_blind, set_blind_review, visible_detail
 from medcl.review.db import DECISIONS, Case, Review, Store, User, add_audit, as_utc
 from medcl.review.errors import ConflictError, NotFoundError, ReviewError
 from medcl.review.exports import audit_log, export_corrections_manifest, export_reviews
 from medcl.review.importer import ImportResult, import_predictions, validate_upload
+from medcl.review.labels import (
+    ExtraLabelInfo,
+    add_extra_label,
+    check_correction_label,
+    list_extra_labels,
+    remove_extra_label,
+)
 from medcl.review.queries import (
     AuditEntry,
     CaseDetail,
@@ -39,18 +51,25 @@ __all__ = [
     "AuditEntry",
     "CaseDetail",
     "CaseSummary",
+    "ExtraLabelInfo",
     "ImportResult",
     "Page",
     "ReviewInfo",
+    "add_extra_label",
     "artifact_path",
     "audit_log",
     "case_history",
     "export_corrections_manifest",
     "export_reviews",
     "filter_options",
+    "get_blind_review",
     "get_case",
     "import_predictions",
     "list_cases",
+    "list_extra_labels",
+    "remove_extra_label",
+    "resolve_artifact",
+    "set_blind_review",
     "submit_review",
     "validate_upload",
 ]
@@ -62,19 +81,32 @@ MAX_COMMENT = 10_000
 
 
 def get_case(store: Store, user: UserInfo, case_id: int) -> CaseDetail:
-    """The case page's data; records a 'view_case' audit entry. Unknown id -> NotFoundError."""
+    """The case page's data as ``user`` may see it (blind review applied); records a
+    'view_case' audit entry (``detail.blind`` says whether it was shown blind). Unknown id ->
+    NotFoundError."""
     with store.session(write=True) as session:
-        detail = load_detail(session, case_id)
-        add_audit(session, "view_case", user_id=user.id, username=user.username, case_id=case_id)
+        detail = visible_detail(session, user, load_detail(session, case_id))
+        add_audit(
+            session,
+            "view_case",
+            user_id=user.id,
+            username=user.username,
+            case_id=case_id,
+            detail={"blind": True} if detail.blind else None,
+        )
     return detail
 
 
 def case_history(store: Store, user: UserInfo, case_id: int) -> list[ReviewInfo]:
-    """The case's reviews, newest first (NotFoundError for an unknown case)."""
+    """The case's reviews ``user`` may see, newest first (a blind reviewer: only their own).
+    NotFoundError for an unknown case."""
     with store.session() as session:
         if session.get(Case, case_id) is None:
             raise NotFoundError(f"no case with id {case_id}")
-        return reviews_of(session, case_id)
+        reviews = reviews_of(session, case_id)
+        if is_blind(session, user, case_id):
+            return [r for r in reviews if r.reviewer == user.username]
+        return reviews
 
 
 def _validate(
@@ -84,7 +116,10 @@ def _validate(
     comment: str,
     confidence: int | None,
 ) -> str | None:
-    """Check a review's fields; returns the corrected label to store (only for 'correct')."""
+    """Check a review's fields; returns the corrected label to store (only for 'correct').
+
+    The label's membership of the class map is checked by the caller (it needs the session).
+    """
     if decision not in DECISIONS:
         raise ReviewError(f"decision must be one of {', '.join(DECISIONS)} (got '{decision}')")
     if confidence is not None and (
@@ -102,10 +137,15 @@ def _validate(
     return label
 
 
-def _conflict(store: Store, case_id: int) -> ConflictError:
+def _conflict(store: Store, user: UserInfo, case_id: int) -> ConflictError:
     with store.session() as session:
-        current = load_detail(session, case_id)
-    if current.reviews:
+        current = visible_detail(session, user, load_detail(session, case_id))
+    if current.blind:
+        message = (
+            "another reviewer saved a review of this case while you were editing; your review "
+            "was not saved (their decision stays hidden until you submit yours)"
+        )
+    elif current.reviews:
         last = current.reviews[0]
         message = (
             f"case was reviewed by {last.reviewer} at {last.created:%Y-%m-%d %H:%M:%S} UTC "
@@ -131,8 +171,10 @@ def submit_review(
     """Save a review of the case version the reviewer saw, in one transaction.
 
     ``corrected_label`` is kept only for 'correct' (which requires it, or a comment on volume
-    cases). Raises NotFoundError (no case), ReviewError (invalid fields or inactive user),
-    ConflictError (the case's version is no longer ``expected_version``; nothing written).
+    cases) and must be in the case's allowed labels (the model's class map plus labels admins
+    added). Raises NotFoundError (no case), ReviewError (invalid fields, a label outside the
+    class map, or inactive user), ConflictError (the case's version is no longer
+    ``expected_version``; nothing written; shown blind when the user reviews blind).
     """
     t = as_utc(now)
     with store.session(write=True) as session:
@@ -140,6 +182,9 @@ def submit_review(
         if case is None:
             raise NotFoundError(f"no case with id {case_id}")
         label = _validate(case.kind, decision, corrected_label, comment, confidence)
+        if label is not None:
+            current = load_detail(session, case_id)
+            check_correction_label(label, current.allowed_labels, current.summary.model)
         reviewer = session.get(User, user.id)
         if reviewer is None or not reviewer.active:
             raise ReviewError(f"user '{user.username}' cannot review (unknown or deactivated)")
@@ -188,7 +233,7 @@ def submit_review(
             )
     if conflict:
         logger.info("review of case %d by %s refused: version moved on", case_id, user.username)
-        raise _conflict(store, case_id)
+        raise _conflict(store, user, case_id)
     return info
 
 
@@ -212,6 +257,16 @@ def artifact_path(store: Store, case: CaseDetail, key: str, index: int | None = 
         raise NotFoundError(f"case {case.summary.case_key}: no artifact '{key}'")
     if not isinstance(value, str) or not value:
         raise ReviewError(f"case {case.summary.case_key}: artifact '{key}' is not a file path")
+    return resolve_artifact(store, value)
+
+
+def resolve_artifact(store: Store, value: str) -> Path:
+    """The existing file ``value`` (an absolute path) resolved inside the store's allowed roots.
+
+    Raises:
+        InvalidInputError: not absolute, or outside the allowed roots after resolving.
+        NotFoundError: no such file.
+    """
     raw = Path(value)
     if not raw.is_absolute():
         raise InvalidInputError(value, "artifact path is not absolute (re-import the case)")

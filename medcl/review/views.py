@@ -26,6 +26,7 @@ from PIL import Image
 from medcl.errors import InvalidInputError
 from medcl.metrics import dice_per_class
 from medcl.review.errors import ReviewError
+from medcl.review.predictions import TIE_PREFIX, is_tie_label
 
 Plane = Literal["axial", "coronal", "sagittal"]
 PLANES: tuple[Plane, ...] = ("axial", "coronal", "sagittal")
@@ -374,3 +375,16 @@ def demonstration_rows(
         }
         for i, d in enumerate(ordered)
     ]
+
+
+def vote_tie(label: str, artifacts: Mapping[str, Any]) -> list[str]:
+    """The classes tied in a retrieval case's vote (empty when one class won).
+
+    ``artifacts["tie"]`` when the pipeline lists them, else parsed from a ``"tie: a / b"`` label.
+    """
+    listed = artifacts.get("tie")
+    if isinstance(listed, list) and len(listed) >= 2:
+        return [str(x) for x in listed]
+    if is_tie_label(label):
+        return [p.strip() for p in label[len(TIE_PREFIX) :].split(" / ") if p.strip()]
+    return []

@@ -114,6 +114,8 @@ def payload_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, 
             comment=P,
             expected_version=0,
         )
+    # the payload review must show in alice's history (blind review would hide it from her)
+    service.set_blind_review(store, auth.system_user(), False)
     store.close()
     monkeypatch.setenv("MEDCL_REVIEW_DB", url)
     monkeypatch.setenv("MEDCL_WORKSPACE", str(tmp_path))

@@ -174,7 +174,16 @@ def test_volume_case_without_card_lists_every_structure(seeded: Seeded) -> None:
     assert structures["confidence"].tolist() == [pytest.approx(0.9)]
 
 
+def _blind_off(seeded: Seeded) -> None:
+    """Blind review off (these tests show what a reviewer sees without it; blind review:
+    tests/app/test_blind_review.py)."""
+    store = Store.open(seeded.url, workspace=seeded.root)
+    service.set_blind_review(store, auth.system_user(), False)
+    store.close()
+
+
 def test_volume_case_renders_with_dice(seeded: Seeded) -> None:
+    _blind_off(seeded)
     at = _open_case(_app(), seeded.case_ids["volume"])
     assert not at.exception and not at.error
     key = f"volume_{seeded.case_ids['volume']}"
@@ -220,13 +229,14 @@ def test_retrieval_case_renders(seeded: Seeded) -> None:
     assert not at.exception and not at.error
     rows = next(df for df in (d.value for d in at.dataframe) if "similarity" in df.columns)
     assert rows["label"].tolist() == ["nv", "mel"]
-    assert rows["same_as_truth"].tolist() == [False, True]
+    # blind review (default): alice has not reviewed it, so no truth to compare with
+    assert rows["same_as_truth"].tolist() == [None, None]
     assert "**LMM answer**: nv" in _texts(at)
 
 
 def _submit(at: AppTest, case_id: int, decision: str, label: str = "", comment: str = "") -> None:
     at.radio(key=f"review_decision_{case_id}").set_value(decision)
-    at.text_input(key=f"review_other_{case_id}").set_value(label)
+    at.selectbox(key=f"review_label_{case_id}").set_value(label or "(none)")
     at.text_area(key=f"review_comment_{case_id}").set_value(comment)
     at.select_slider(key=f"review_confidence_{case_id}").set_value(4)
     next(b for b in at.button if b.label == "Submit review").click()
@@ -258,6 +268,7 @@ def _user(store: Store, creds: tuple[str, str]) -> UserInfo:
 
 
 def test_conflict_shows_the_other_review(seeded: Seeded) -> None:
+    _blind_off(seeded)
     case_id = seeded.case_ids["volume"]
     at = _open_case(_app(), case_id)  # alice sees version 0
     store = Store.open(seeded.url, workspace=seeded.root)

@@ -13,12 +13,13 @@ from sqlalchemy.exc import DBAPIError
 from medcl.review.db import Audit, Base, Store, add_audit
 
 TABLES = {"users", "sessions", "cases", "predictions", "reviews", "audit", "alembic_version"}
+TABLES |= {"settings", "extra_labels"}  # 0002: blind review, added correction labels
 
 
 def test_migrations_create_the_schema(store: Store) -> None:
     with store.engine.connect() as conn:
         assert set(inspect(conn).get_table_names()) == TABLES
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).all() == [("0001",)]
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).all() == [("0002",)]
         # the hand-written migration and the ORM models describe the same schema
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
         case_indexes = {i["name"] for i in inspect(conn).get_indexes("cases")}

@@ -13,9 +13,10 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from medcl.review.auth import create_user
+from medcl.review.auth import create_user, system_user
 from medcl.review.db import Case, Review, Store, User
 from medcl.review.importer import import_records, parse_record
+from medcl.review.labels import add_extra_label
 from medcl.review.service import submit_review
 
 from .helpers import PASSWORD, prediction
@@ -44,6 +45,7 @@ def test_two_processes_submit_concurrently(store: Store, store_url: str, tmp_pat
     _seed(store, tmp_path, N_CASES)
     for name in ("w1", "w2"):
         create_user(store, name, PASSWORD)
+        add_extra_label(store, system_user(), "m", name)  # each worker corrects to its name
     go = tmp_path / "go"
     procs = [_spawn("submit", store_url, name, str(go)) for name in ("w1", "w2")]
     for p in procs:  # both loaded the cases (all at version 0) before either starts

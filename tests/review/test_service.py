@@ -97,6 +97,10 @@ def test_get_case_records_the_view(seeded: Store, reviewer: UserInfo, tmp_path: 
 def test_two_reviewers_one_version_one_conflict(
     seeded: Store, reviewer: UserInfo, reviewer2: UserInfo
 ) -> None:
+    from medcl.review.auth import system_user
+    from medcl.review.blind import set_blind_review
+
+    set_blind_review(seeded, system_user(), False)  # blind conflicts: tests/review/test_blind.py
     cid = _id(seeded, "r1")
     seen_a = get_case(seeded, reviewer, cid)
     seen_b = get_case(seeded, reviewer2, cid)
@@ -255,7 +259,10 @@ def test_corrections_manifest_loads_as_an_image_set(
 
     for name in ("r1.png", "v1.nii.gz", "s1.tiff"):
         (tmp_path / name).write_bytes(b"x")
+    from medcl.review.labels import add_extra_label
+
     _review_three(seeded, reviewer)
+    add_extra_label(seeded, admin, "m", "bcc")  # not in model m's class map {nv, mel}
     submit_review(
         seeded,
         reviewer,
