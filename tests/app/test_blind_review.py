@@ -20,8 +20,13 @@ def _bob_reviews(seeded: Seeded, case_id: int) -> None:
 
 
 def _history(at: AppTest) -> list[list[object]]:
-    tables = [t.value for t in at.table if "reviewer" in t.value.columns]
-    return tables[-1][["reviewer", "decision"]].values.tolist() if tables else []
+    """``[reviewer, decision]`` of each history entry (``**name** · decision ...``), in order."""
+    out: list[list[object]] = []
+    for m in at.markdown:
+        head, sep, rest = m.value.partition("** · ")
+        if head.startswith("**") and sep:
+            out.append([head[2:], rest.split(" ", 1)[0]])
+    return out
 
 
 def test_reviewer_is_blind_until_submitting(seeded: Seeded) -> None:
