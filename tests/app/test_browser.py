@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from review_seed import CASE_KEYS, REVIEWER, Seeded, seed
+from review_seed import ADMIN, CASE_KEYS, REVIEWER, Seeded, seed
 
 CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[2]
@@ -96,7 +96,13 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Seeded]]:
         log.close()
 
 
-def test_login_review_persist_logout(server: tuple[str, Seeded], tmp_path: Path) -> None:
+def test_blind_review_walkthrough_then_admin_sees_everything(
+    server: tuple[str, Seeded], tmp_path: Path
+) -> None:
+    """A reviewer, blind (the default), reviews one case of each kind: a window preset on the
+    volume, click-to-zoom on the slide, a correction outside the class map refused; then the
+    session survives a reload, other browsers get the login, and an admin sees the ground truth
+    and the reviews."""
     from playwright.sync_api import expect, sync_playwright
 
     url, data = server
@@ -114,41 +120,84 @@ def test_login_review_persist_logout(server: tuple[str, Seeded], tmp_path: Path)
         page.set_default_timeout(TIMEOUT_MS)
         expect.set_options(timeout=TIMEOUT_MS)  # assertions wait as long as actions (cold server)
 
-        def login() -> None:
-            page.get_by_label("Username", exact=True).fill(REVIEWER[0])
-            page.get_by_label("Password", exact=True).fill(REVIEWER[1])
+        def login(creds: tuple[str, str]) -> None:
+            page.get_by_label("Username", exact=True).fill(creds[0])
+            page.get_by_label("Password", exact=True).fill(creds[1])
             page.get_by_role("button", name="Log in").click()
 
         def shot(name: str) -> None:
             page.wait_for_timeout(800)  # let images and fragments settle
             page.screenshot(path=str(shots / name), full_page=True)
 
+        def settled() -> None:
+            """Wait until Streamlit has replaced every element of the previous run."""
+            page.wait_for_timeout(300)
+            page.wait_for_function("() => !document.querySelector('[data-stale=\"true\"]')")
+
+        def open_case(kind: str) -> None:
+            page.get_by_role("link", name="Worklist").click()
+            settled()
+            expect(page.get_by_role("heading", name="Worklist")).to_be_visible()
+            link = page.get_by_role("link", name=CASE_KEYS[kind], exact=True)
+            expect(link).to_be_visible()
+            settled()
+            link.click()
+            settled()
+            expect(page.get_by_role("heading", name=CASE_KEYS[kind])).to_be_visible()
+
+        def refused_label(label: str) -> None:
+            """The corrected-label list offers only the class map: typing ``label`` finds none."""
+            box = page.get_by_role("combobox", name="Corrected label")
+            box.click()
+            page.keyboard.type(label)
+            expect(page.get_by_role("option", name=label, exact=True)).to_have_count(0)
+            expect(page.get_by_text("No results", exact=False).first).to_be_visible()
+            page.keyboard.press("Escape")
+
+        def submit(decision: str, label: str | None, comment: str, saved: str) -> None:
+            page.get_by_text(decision, exact=True).click()
+            if label is not None:
+                page.get_by_role("combobox", name="Corrected label").click()
+                page.get_by_role("option", name=label, exact=True).click()
+            page.get_by_label("Comment").fill(comment)
+            page.get_by_role("button", name="Submit review").click()
+            expect(page.get_by_text(saved)).to_be_visible()
+
         page.goto(url)
         expect(page.get_by_text("medcl review: log in")).to_be_visible()
         shot("01_login.png")
-        login()
+        login(REVIEWER)
         expect(page.get_by_role("heading", name="Worklist")).to_be_visible()
         expect(page.get_by_text(CASE_KEYS["slide"])).to_be_visible()
         shot("02_worklist.png")
 
-        for n, kind, ready in ((3, "volume", "Dice per class"), (4, "retrieval", "Query image")):
-            page.get_by_text(CASE_KEYS[kind]).click()
-            expect(page.get_by_role("heading", name=CASE_KEYS[kind])).to_be_visible()
-            expect(page.get_by_text(ready, exact=False).first).to_be_visible()
-            if kind == "volume":  # a window preset, then the image is drawn with it
-                page.get_by_role("combobox", name="Window (modality not recorded)").click()
-                page.get_by_role("option", name="CT lung (W1500 / L-600)").click()
-                expect(page.get_by_text("W 1500 / L -600")).to_be_visible()
-            shot(f"{n:02d}_{kind}_case.png")
-            page.get_by_role("link", name="Worklist").click()
-            expect(page.get_by_role("heading", name="Worklist")).to_be_visible()
-        page.get_by_text(CASE_KEYS["slide"]).click()
-        expect(page.get_by_role("heading", name=CASE_KEYS["slide"])).to_be_visible()
+        # volume, blind: no ground truth, no Dice; a window preset redraws the slices
+        open_case("volume")
+        expect(page.get_by_text("Blind review: the ground truth", exact=False)).to_be_visible()
+        expect(page.get_by_text("Predicted structures", exact=False).first).to_be_visible()
+        assert page.get_by_text("Dice per class").count() == 0
+        page.get_by_role("combobox", name="Window (modality not recorded)").click()
+        page.get_by_role("option", name="CT lung (W1500 / L-600)").click()
+        expect(page.get_by_text("W 1500 / L -600")).to_be_visible()
+        shot("03_volume_case_blind.png")
+        submit("accept", None, "liver outline fine", "Review saved: accept (case version 1).")
+        expect(page.get_by_text("Dice per class")).to_be_visible()  # shown once submitted
+
+        # retrieval, blind: the true label hidden; a label outside the class map is not offered
+        open_case("retrieval")
+        expect(page.get_by_text("Query image")).to_be_visible()
+        expect(page.get_by_text("hidden until you submit your review").first).to_be_visible()
+        shot("04_retrieval_case_blind.png")
+        refused_label("bcc")
+        submit("correct", "mel", "pigment network", "Review saved: correct (case version 1).")
+        expect(page.locator("li", has_text="true label").first).to_contain_text("true label: mel")
+        shot("04b_retrieval_after_submit.png")
+
+        # slide: model card notice, click-to-zoom, top tile, a refused and a valid correction
+        open_case("slide")
         expect(page.get_by_text("Zoom at full resolution")).to_be_visible()
         expect(page.get_by_text("not for clinical use", exact=False)).to_be_visible()
         shot("05_slide_case.png")
-
-        # click-to-zoom: a 64 px zoom, then a click near the thumbnail's bottom-right corner
         page.get_by_label("Zoom size (px)").fill("64")
         page.get_by_label("Zoom size (px)").press("Enter")
         box_text = page.get_by_text("black-and-white box = zoom at", exact=False)
@@ -168,12 +217,8 @@ def test_login_review_persist_logout(server: tuple[str, Seeded], tmp_path: Path)
         page.get_by_role("button", name="Zoom to tile 2").click()
         expect(page.get_by_text("Zoom at full resolution: x=64, y=32, 32 x 32 px")).to_be_visible()
         shot("05c_slide_top_tile.png")
-
-        page.get_by_text("correct", exact=True).click()
-        page.get_by_label("Other label (free text, wins over the list)").fill("normal")
-        page.get_by_label("Comment").fill("stroma, not tumour")
-        page.get_by_role("button", name="Submit review").click()
-        expect(page.get_by_text("Review saved: correct (case version 1).")).to_be_visible()
+        refused_label("necrosis")
+        submit("correct", "normal", "stroma, not tumour", "Review saved: correct (case version 1).")
         shot("06_review_saved.png")
 
         # A reload keeps the login (session cookie) and shows the saved review.
@@ -203,4 +248,18 @@ def test_login_review_persist_logout(server: tuple[str, Seeded], tmp_path: Path)
         assert page.get_by_text("Zoom at full resolution").count() == 0
         assert page.get_by_text("stroma, not tumour").count() == 0
         shot("09_logged_out_deep_link.png")
+
+        # the admin sees the ground truth and the reviewer's reviews
+        page.goto(url)
+        login(ADMIN)
+        expect(page.get_by_role("heading", name="Worklist")).to_be_visible()
+        open_case("retrieval")
+        expect(page.locator("li", has_text="true label").first).to_contain_text("true label: mel")
+        expect(page.get_by_text("pigment network").first).to_be_visible()
+        assert page.get_by_text("Blind review: the ground truth", exact=False).count() == 0
+        shot("10_admin_retrieval.png")
+        open_case("volume")
+        expect(page.get_by_text("Dice per class")).to_be_visible()
+        expect(page.get_by_text("liver outline fine").first).to_be_visible()
+        shot("11_admin_volume.png")
         browser.close()
