@@ -27,7 +27,12 @@ def workspace_root(path: str | Path | None = None) -> Path:
 
 
 def data_root(path: str | Path | None = None, *, required: bool = False) -> Path | None:
-    """The real sample-data root: ``path``, else ``$MEDCL_DATA``; ``None`` when neither is set.
+    """The real sample-data root: ``path`` (``--data-root``), else ``$MEDCL_DATA``; ``None`` when
+    neither is set.
+
+    The one place a data root is resolved: every command passes its ``--data-root`` through here,
+    and every library entry point calls it again on what it was given (a no-op on a resolved
+    root), so a missing folder is refused with the same message whichever way a job starts.
 
     Raises:
         MedclError: when the folder named does not exist, or none is set and ``required``.
@@ -41,6 +46,31 @@ def data_root(path: str | Path | None = None, *, required: bool = False) -> Path
     if not root.is_dir():
         raise InvalidInputError(root, "data root is not a folder")
     return root
+
+
+def data_path(path: str | Path, root: str | Path | None, *, must_exist: bool = True) -> Path:
+    """A path from a config: itself when absolute, else under the data ``root`` (as given when
+    there is no root).
+
+    Args:
+        path: the configured file or folder.
+        root: the data root (from :func:`data_root`), or ``None``.
+        must_exist: refuse a path that names nothing, saying where relative paths are read.
+
+    Raises:
+        InvalidInputError: ``must_exist`` and nothing is at the resolved path.
+    """
+    p = Path(path).expanduser()
+    out = p if p.is_absolute() or root is None else Path(root) / p
+    if must_exist and not out.exists():
+        where = (
+            f"relative paths are read under the data root {root}"
+            if root is not None
+            else "relative paths are read from the current folder; pass --data-root or set "
+            "MEDCL_DATA to read them elsewhere"
+        )
+        raise InvalidInputError(out, f"no such file or folder ({where})")
+    return out
 
 
 def slug(text: str, max_len: int = 80) -> str:

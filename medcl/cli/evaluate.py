@@ -104,7 +104,7 @@ def add_parser(sub: Any) -> None:
 
 
 def _volume_ssl(args: argparse.Namespace) -> int:
-    from medcl.pretrain.evaluate import VolumeSSLEvalConfig, run_volume_ssl_eval
+    from medcl.eval.volume_ssl import VolumeSSLEvalConfig, run_volume_ssl_eval
     from medcl.workspace import data_root
 
     cfg = resolve_config(VolumeSSLEvalConfig, args, {"out_dir": args.out_dir})
@@ -144,7 +144,7 @@ def _seg(args: argparse.Namespace) -> int:
 
 
 def _probe(args: argparse.Namespace) -> int:
-    from medcl.pretrain.probe_job import ProbeConfig, run_probe
+    from medcl.eval.probe_job import ProbeConfig, run_probe
     from medcl.workspace import data_root
 
     cfg = resolve_config(ProbeConfig, args, {"out_dir": args.out_dir, "encoders": args.encoders})
@@ -156,7 +156,7 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def _patch_ssl(args: argparse.Namespace) -> int:
-    from medcl.pretrain.patch_eval import PatchSSLEvalConfig, run_patch_ssl_eval
+    from medcl.eval.patch_ssl import PatchSSLEvalConfig, run_patch_ssl_eval
     from medcl.workspace import data_root
 
     cfg = resolve_config(PatchSSLEvalConfig, args, {"out_dir": args.out_dir})
@@ -168,7 +168,7 @@ def _patch_ssl(args: argparse.Namespace) -> int:
 
 
 def _patch_da(args: argparse.Namespace) -> int:
-    from medcl.pretrain.patch_da import PatchDAEvalConfig, run_patch_da_eval
+    from medcl.eval.patch_da import PatchDAEvalConfig, run_patch_da_eval
     from medcl.workspace import data_root
 
     cfg = resolve_config(PatchDAEvalConfig, args, {"out_dir": args.out_dir})

@@ -37,8 +37,8 @@ from pydantic import Field, field_validator
 from medcl.config import StrictModel, save_config
 from medcl.errors import ConfigError, InvalidInputError
 from medcl.eval.tables import mean_interval, paired_interval, update_readme
+from medcl.eval.volume_ssl import MethodConfig
 from medcl.io.datasets.acdc import AcdcFrame, find_acdc, load_patient_split, patients
-from medcl.pretrain.evaluate import MethodConfig
 from medcl.pretrain.finetune import FinetuneSegConfig, run_finetune_seg
 from medcl.pretrain.volume import VolumePretrainConfig, run_pretrain_volume
 from medcl.pretrain.volume_data import VolumeSource, resolve_path

@@ -27,15 +27,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from medcl.errors import InvalidInputError
-from medcl.eval.seg import (
-    predict_probabilities,
-    segmentation_scores,
-    summarise_scores,
-    summary_table,
-)
+from medcl.eval.seg import summarise_scores, summary_table
 from medcl.io.datasets.volume_folders import VolumeItem, find_volume_pairs
 from medcl.io.volumes import read_label, read_volume
+from medcl.metrics import segmentation_scores
 from medcl.models.unet import UNet, UNetConfig
+from medcl.pretrain.predict import predict_probabilities
 from medcl.pretrain.slices import (
     InplaneConfig,
     map_labels,

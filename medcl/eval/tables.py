@@ -1,4 +1,8 @@
-"""Numbers for README tables: means with 95% intervals over seeds, and the README writer."""
+"""Numbers for README tables: means with 95% intervals over seeds, and the README writer.
+
+Every evaluation (volume, patch, retrieval, MIL) writes its README section through
+:func:`update_readme`.
+"""
 
 from __future__ import annotations
 
@@ -43,6 +47,22 @@ def paired_interval(differences: Sequence[float], digits: int = 3) -> str:
     n = sum(math.isfinite(v) for v in differences)
     mark = " above 0" if low > 0 else (" below 0" if high < 0 else "")
     return f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}] (n={n}){mark}"
+
+
+def mean_half_width(
+    values: np.ndarray | Sequence[float], level: float = 0.95
+) -> tuple[float, float]:
+    """Mean and the half-width of its Student-t interval (``nan`` half-width for one value).
+
+    Unlike :func:`t_interval`, non-finite values are kept (a ``nan`` run gives a ``nan`` mean).
+    """
+    from scipy import stats
+
+    x = np.asarray(values, dtype=np.float64)
+    if x.size < 2:
+        return float(x.mean()), float("nan")
+    half = stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size)
+    return float(x.mean()), float(half)
 
 
 def update_readme(readme: Path, table: str, note: str, markers: tuple[str, str]) -> None:

@@ -40,9 +40,9 @@ from pydantic import Field
 
 from medcl.config import StrictModel
 from medcl.errors import InvalidInputError
+from medcl.io.image_selection import PatchDataConfig
 from medcl.io.images import load_image_set
 from medcl.models.encoders import PRETRAINED_ENCODER
-from medcl.pretrain.patch_data import PatchDataConfig
 from medcl.retrieval.pool import (
     PoolIndexConfig,
     build_pool_index,

@@ -37,10 +37,10 @@ import torch
 from pydantic import Field
 
 from medcl.config import StrictModel, save_config
+from medcl.eval.tables import update_readme
+from medcl.io.image_selection import PatchDataConfig
 from medcl.mil.data import Bag
 from medcl.mil.ham_features import embed_images, small_images
-from medcl.pretrain.evaluate import update_readme
-from medcl.pretrain.patch_data import PatchDataConfig
 from medcl.workspace import data_root as resolve_data_root
 from medcl.workspace import job_dir, slug
 
@@ -313,7 +313,7 @@ def run_mil_ham_eval(
         raise ValueError(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
     out = job_dir(cfg.out_dir, workspace, "eval", cfg.name)
     save_config(cfg, out)
-    root = data_root or resolve_data_root()
+    root = resolve_data_root(data_root)
     done_path = out / "results.csv"
     names = [f.name for f in fields(MILRow)]
     done: dict[tuple[str, str, int], MILRow] = {}

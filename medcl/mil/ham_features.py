@@ -20,11 +20,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from medcl.errors import InvalidInputError
+from medcl.eval.features import extract_features
+from medcl.io.image_selection import ImageViewsDataset, PatchDataConfig, load_filtered_image_set
 from medcl.io.images import read_image
 from medcl.models.encoder_base import Encoder
 from medcl.models.encoders import create_encoder
-from medcl.pretrain.patch_data import ImageViewsDataset, PatchDataConfig, load_filtered_image_set
-from medcl.pretrain.probe import extract_features
 
 log = logging.getLogger(__name__)
 

@@ -46,10 +46,10 @@ from medcl.engine.distributed import cleanup, init_distributed
 from medcl.engine.seed import seed_everything, worker_init_fn
 from medcl.engine.trainer import Metrics, TrainConfig, Trainer
 from medcl.errors import ConfigError
-from medcl.eval.seg import predict_probabilities, segmentation_scores
 from medcl.io.volumes import read_label, read_volume
-from medcl.metrics import dice_per_class
+from medcl.metrics import dice_per_class, segmentation_scores
 from medcl.models.unet import UNet, UNetConfig
+from medcl.pretrain.predict import predict_probabilities
 from medcl.pretrain.slices import (
     LabelledSliceDataset,
     PreparedVolume,

@@ -27,20 +27,19 @@ from medcl.engine.distributed import cleanup, init_distributed
 from medcl.engine.seed import seed_everything
 from medcl.engine.trainer import Metrics, TrainConfig, Trainer
 from medcl.errors import ConfigError
+from medcl.io.image_selection import (
+    ImageViewsDataset,
+    PatchDataConfig,
+    load_filtered_image_set,
+    split_image_set,
+)
 from medcl.losses.ntxent import NTXentLoss
 from medcl.losses.supcon import SupConLoss
 from medcl.models.encoder_base import Encoder
 from medcl.models.encoder_weights import save_encoder
 from medcl.models.encoders import create_encoder
 from medcl.models.heads import ProjectionHead
-from medcl.pretrain.patch_data import (
-    ImageViewsDataset,
-    PatchDataConfig,
-    SlideTilesDataset,
-    collate_views,
-    load_filtered_image_set,
-    split_image_set,
-)
+from medcl.pretrain.patch_data import SlideTilesDataset, collate_views
 from medcl.transforms.patch_views import TwoCropTransform, dermoscopy_views, pathology_views
 from medcl.workspace import data_root as resolve_data_root
 from medcl.workspace import job_dir

@@ -1,7 +1,9 @@
-"""Where patch pretraining gets its images: a labelled image set or the tiles of a slide.
+"""Patch pretraining on the tiles of a slide, and the batching of two views.
 
-Slide tiles are read on the fly through :mod:`medcl.io.slides` from level-0 coordinates; each
-DataLoader worker opens its own slide handle.
+Images of a labelled set come through :mod:`medcl.io.image_selection` (shared with every job
+that reads an image set); what lives here serves pretraining alone. Slide tiles are read on the
+fly through :mod:`medcl.io.slides` from level-0 coordinates; each DataLoader worker opens its own
+slide handle.
 """
 
 from __future__ import annotations
@@ -9,94 +11,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field
 from torch.utils.data import Dataset
 
-from medcl.config import StrictModel
 from medcl.errors import InvalidInputError
-from medcl.io.images import ImageSet, load_image_set, read_image
-from medcl.io.splits import group_split
+from medcl.io.image_selection import SlideTilesConfig
 
 log = logging.getLogger(__name__)
-
-
-class SlideTilesConfig(StrictModel):
-    """Tiles of one slide: a grid at ``mpp`` (or level 0) kept where there is tissue."""
-
-    tile: int = Field(default=256, ge=16)
-    mpp: float | None = Field(default=None, gt=0)
-    slide_mpp: float | None = Field(default=None, gt=0)
-    min_tissue: float = Field(default=0.5, ge=0, le=1)
-    max_tiles: int | None = Field(default=None, ge=1)
-
-
-class PatchDataConfig(StrictModel):
-    """Images for patch pretraining and probing."""
-
-    path: Path | None = None
-    format: str = "auto"
-    format_kwargs: dict[str, Any] = Field(default_factory=dict)
-    domains: list[str] | None = None
-    classes: list[str] | None = Field(
-        default=None, description="explicit class map (index = position); default: sorted labels"
-    )
-    drop_unmapped: bool = False
-    test_size: float = Field(default=0.2, gt=0, lt=1)
-    split_seed: int = 0
-    use: Literal["train", "all"] = "train"
-    slide: SlideTilesConfig = Field(default_factory=SlideTilesConfig)
-    num_workers: int = Field(default=2, ge=0)
-
-
-def load_filtered_image_set(cfg: PatchDataConfig, root: Path | None) -> ImageSet:
-    """The configured image set, filtered by domain."""
-    if cfg.path is None:
-        raise InvalidInputError("data.path", "no image set given")
-    path = cfg.path if cfg.path.is_absolute() or root is None else root / cfg.path
-    ds = load_image_set(path, format=cfg.format, **cfg.format_kwargs)
-    if cfg.classes is not None:
-        if len(set(cfg.classes)) != len(cfg.classes):
-            raise InvalidInputError(path, f"data.classes lists a class twice: {cfg.classes}")
-        unmapped = sorted(set(ds.df["label"]) - set(cfg.classes))
-        if unmapped and not cfg.drop_unmapped:
-            raise InvalidInputError(
-                path,
-                f"labels not in the class map data.classes: {', '.join(unmapped)} (add them, or "
-                "set data.drop_unmapped=true to leave those images out)",
-            )
-        class_map = {c: i for i, c in enumerate(cfg.classes)}
-        ds = ds.with_class_map(class_map, drop_unmapped=cfg.drop_unmapped)
-    return ds.filter(domains=cfg.domains) if cfg.domains else ds
-
-
-def split_image_set(ds: ImageSet, cfg: PatchDataConfig) -> tuple[ImageSet, ImageSet]:
-    """Group-aware, label-stratified (train, test) split: no group in both."""
-    split = group_split(
-        ds.df["group"].to_numpy(), ds.labels, test_size=cfg.test_size, seed=cfg.split_seed
-    )
-    return ds.subset(split["train"]), ds.subset(split["test"])
-
-
-class ImageViewsDataset(Dataset[tuple[Any, int]]):
-    """Images of an :class:`ImageSet` through ``transform`` (views or an eval transform).
-
-    Returns ``(transform(image), label index)``; ``transform`` gets an ``(H, W, 3)`` uint8 array.
-    """
-
-    def __init__(self, ds: ImageSet, transform: Callable[[np.ndarray], Any]) -> None:
-        self.paths = [str(p) for p in ds.df["path"]]
-        self.labels = ds.labels.astype(np.int64)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[Any, int]:
-        return self.transform(read_image(self.paths[i])), int(self.labels[i])
 
 
 def slide_tile_coords(path: Path, cfg: SlideTilesConfig) -> tuple[np.ndarray, int, int]:

@@ -27,12 +27,12 @@ from medcl.engine.data import shuffled_loader
 from medcl.engine.distributed import cleanup, init_distributed
 from medcl.engine.seed import seed_everything, worker_init_fn
 from medcl.engine.trainer import Metrics, TrainConfig, Trainer
+from medcl.io.image_selection import PatchDataConfig, load_filtered_image_set, split_image_set
 from medcl.io.images import ImageSet, read_image
 from medcl.losses.cci import CCILoss
 from medcl.models.encoder_weights import save_encoder
 from medcl.models.encoders import create_encoder
 from medcl.pretrain.patch import ContrastiveModel
-from medcl.pretrain.patch_data import PatchDataConfig, load_filtered_image_set, split_image_set
 from medcl.transforms.patch_views import dermoscopy_views, pathology_views
 from medcl.workspace import data_root as resolve_data_root
 from medcl.workspace import job_dir
@@ -143,7 +143,7 @@ def run_train_cci(
         if info.is_main:
             save_config(cfg, out_dir)
         seed_everything(cfg.train.seed)
-        full = load_filtered_image_set(cfg.data, data_root or resolve_data_root())
+        full = load_filtered_image_set(cfg.data, resolve_data_root(data_root))
         pool = split_image_set(full, cfg.data)[0] if cfg.data.use == "train" else full
         torch.manual_seed(cfg.train.seed)
         encoder = create_encoder(cfg.encoder)

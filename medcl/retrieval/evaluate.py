@@ -37,11 +37,12 @@ from medcl.config import StrictModel, save_config
 from medcl.engine.checkpoint import file_sha256
 from medcl.engine.stamps import output_settings, settings_digest
 from medcl.errors import InvalidInputError
+from medcl.eval.features import extract_features
+from medcl.eval.metrics import classification_metrics
+from medcl.eval.tables import mean_half_width, update_readme
+from medcl.io.image_selection import ImageViewsDataset, PatchDataConfig, load_filtered_image_set
 from medcl.io.images import ImageSet
 from medcl.models.encoders import create_encoder
-from medcl.pretrain.evaluate import update_readme
-from medcl.pretrain.patch_data import ImageViewsDataset, PatchDataConfig, load_filtered_image_set
-from medcl.pretrain.probe import classification_metrics, extract_features
 from medcl.retrieval.cci_train import CCITrainConfig, run_train_cci
 from medcl.retrieval.lmm_eval import (
     ANSWERS_FILE,
@@ -57,7 +58,6 @@ from medcl.retrieval.metrics import (
     class_agreement_at_k,
     knn_vote,
     macro_agreement_at_k,
-    mean_interval,
     stack_selections,
 )
 from medcl.retrieval.prompts import Demonstration
@@ -273,7 +273,7 @@ def lmm_episodes(
 
 
 def _cell(values: pd.Series) -> str:
-    mean, half = mean_interval(values.to_numpy())
+    mean, half = mean_half_width(values.to_numpy())
     return f"{mean:.3f}" if np.isnan(half) else f"{mean:.3f} +- {half:.3f}"
 
 
@@ -429,7 +429,7 @@ def run_retrieval_eval(
     """Run the protocol for every seed; returns the rows and the markdown table."""
     out = job_dir(cfg.out_dir, workspace, "eval", cfg.name)
     save_config(cfg, out)
-    root = data_root or resolve_data_root()
+    root = resolve_data_root(data_root)
     pool, queries = split_domains(load_filtered_image_set(cfg.data, root), cfg)
     log.info("pool: %d source images; queries: %d target images", len(pool), len(queries))
     rows: list[RetrievalRow] = []

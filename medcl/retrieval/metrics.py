@@ -56,17 +56,6 @@ def macro_agreement_at_k(selected_labels: np.ndarray, query_labels: np.ndarray) 
     return float(np.mean([class_agreement_at_k(sel[q == c], q[q == c]) for c in np.unique(q)]))
 
 
-def mean_interval(values: np.ndarray | list[float], level: float = 0.95) -> tuple[float, float]:
-    """Mean and the half-width of its Student-t interval (``nan`` half-width for one value)."""
-    from scipy import stats
-
-    x = np.asarray(values, dtype=np.float64)
-    if x.size < 2:
-        return float(x.mean()), float("nan")
-    half = stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size)
-    return float(x.mean()), float(half)
-
-
 def knn_vote(
     selected_labels: np.ndarray, scores: np.ndarray, num_classes: int, weighted: bool = True
 ) -> np.ndarray:

@@ -22,11 +22,11 @@ from torch.utils.data import DataLoader
 
 from medcl.config import RESOLVED_CONFIG_NAME, StrictModel, load_config, save_config
 from medcl.errors import InvalidInputError
+from medcl.eval.features import extract_features
+from medcl.io.image_selection import ImageViewsDataset, PatchDataConfig, load_filtered_image_set
 from medcl.io.images import read_image
 from medcl.models.encoder_base import Encoder
 from medcl.models.encoders import create_encoder
-from medcl.pretrain.patch_data import ImageViewsDataset, PatchDataConfig, load_filtered_image_set
-from medcl.pretrain.probe import extract_features
 from medcl.retrieval.index import DemoIndex, IndexSource
 from medcl.retrieval.prompts import Demonstration
 from medcl.retrieval.selectors import create_selector
@@ -75,7 +75,7 @@ def encoder_fingerprint(encoder: Encoder, name: str, pool_paths: list[str]) -> s
 
 def pool_paths(cfg: PoolIndexConfig, data_root: Path | None) -> list[str]:
     """The image paths of the pool ``cfg`` describes, listed from the data as it is now."""
-    pool = load_filtered_image_set(cfg.data, data_root or resolve_data_root())
+    pool = load_filtered_image_set(cfg.data, resolve_data_root(data_root))
     return [str(p) for p in pool.df["path"]]
 
 
@@ -122,7 +122,7 @@ def build_pool_index(
 ) -> Path:
     """Embed the pool and save the index folder; returns it."""
     out = job_dir(cfg.out_dir, workspace, "retrieval_index", cfg.name)
-    root = data_root or resolve_data_root()
+    root = resolve_data_root(data_root)
     path = cfg.data.path
     if path is not None and not path.is_absolute() and root is not None:
         # saved resolved: a later query re-lists this pool without being told the data root

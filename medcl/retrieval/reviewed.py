@@ -28,8 +28,8 @@ import torch
 
 from medcl.config import RESOLVED_CONFIG_NAME, load_config
 from medcl.errors import InvalidInputError, MedclError
+from medcl.eval.features import extract_features
 from medcl.io.images import read_image
-from medcl.pretrain.probe import extract_features
 from medcl.retrieval.pool import (
     PROVENANCE_COLUMNS,
     REVIEWED_COLUMNS,

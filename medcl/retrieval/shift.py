@@ -34,10 +34,10 @@ from torch.utils.data import DataLoader
 from medcl.config import StrictModel, save_config
 from medcl.engine.stamps import settings_digest
 from medcl.errors import ConfigError, InvalidInputError
+from medcl.eval.features import extract_features
+from medcl.io.image_selection import ImageViewsDataset, PatchDataConfig, load_filtered_image_set
 from medcl.io.images import ImageSet
 from medcl.models.encoders import PRETRAINED_ENCODER
-from medcl.pretrain.patch_data import ImageViewsDataset, PatchDataConfig, load_filtered_image_set
-from medcl.pretrain.probe import extract_features
 from medcl.workspace import data_root as resolve_data_root
 from medcl.workspace import job_dir, slug
 
@@ -390,7 +390,7 @@ def run_shift_report(
     """Measure the shift between the two sides with every configured encoder; the report."""
     out = job_dir(cfg.out_dir, workspace, "shift", cfg.name)
     save_config(cfg, out)
-    root = data_root or resolve_data_root()
+    root = resolve_data_root(data_root)
     sides = load_sides(cfg, root)
     classes, dropped = reported_classes(sides, cfg.classes)
     rows = subsample(sides, cfg.max_per_side, cfg.seed)

@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from medcl.eval.seg import hd95, segmentation_scores, summarise_scores
+from medcl.eval.seg import summarise_scores
 from medcl.eval.tables import mean_interval, paired_interval, t_interval
+from medcl.metrics import hd95, segmentation_scores
 
 
 def test_hd95_of_shifted_boxes_is_the_shift_in_mm() -> None:

@@ -305,7 +305,8 @@ def test_stack_selections_pads_short_rows() -> None:
 def test_macro_agreement_and_interval_references() -> None:
     from scipy import stats
 
-    from medcl.retrieval.metrics import macro_agreement_at_k, mean_interval
+    from medcl.eval.tables import mean_half_width as mean_interval
+    from medcl.retrieval.metrics import macro_agreement_at_k
 
     sel = np.array([[0, 0], [0, 0], [0, 0], [1, 0]])
     q = np.array([0, 0, 0, 1])

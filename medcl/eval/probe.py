@@ -1,42 +1,14 @@
 """Frozen-feature evaluation of an encoder: weighted k-NN and a linear probe (logistic regression).
 
-Pure functions on feature matrices (``knn_predict``, ``linear_probe``, ``classification_metrics``)
-plus :func:`extract_features`, which runs a frozen encoder over a dataset with a progress bar.
+Pure functions on feature matrices; features come from :func:`medcl.eval.features.extract_features`
+and are scored with :func:`medcl.eval.metrics.classification_metrics`.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterable
-from typing import Any
-
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
-
-log = logging.getLogger(__name__)
-
-
-@torch.no_grad()
-def extract_features(
-    encoder: torch.nn.Module,
-    loader: Iterable[Any],
-    *,
-    device: torch.device | str = "cpu",
-    progress: bool = True,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Run ``encoder`` over ``(images, labels)`` batches.
-
-    Returns:
-        features ``(N, D)`` float32 and labels ``(N,)`` int64.
-    """
-    encoder.eval().to(device)
-    feats, labels = [], []
-    for images, targets in tqdm(loader, desc="features", disable=not progress, leave=False):
-        feats.append(encoder(images.to(device)).float().cpu())
-        labels.append(torch.as_tensor(targets))
-    return torch.cat(feats).numpy(), torch.cat(labels).numpy().astype(np.int64)
 
 
 def knn_predict(
@@ -109,22 +81,3 @@ def linear_probe(
     )
     model.fit(train_x, train_y)
     return np.asarray(model.predict(test_x), dtype=np.int64)
-
-
-def classification_metrics(
-    y_true: np.ndarray, y_pred: np.ndarray, num_classes: int | None = None
-) -> dict[str, float]:
-    """Accuracy and balanced accuracy (mean recall over the classes present in ``y_true``).
-
-    Example:
-        >>> classification_metrics(np.array([0, 0, 0, 1]), np.array([0, 0, 0, 0]))
-        {'accuracy': 0.75, 'balanced_accuracy': 0.5}
-    """
-    if y_true.shape != y_pred.shape:
-        raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} differ in shape")
-    classes = np.unique(y_true) if num_classes is None else np.arange(num_classes)
-    recalls = [float((y_pred[y_true == c] == c).mean()) for c in classes if (y_true == c).any()]
-    return {
-        "accuracy": float((y_true == y_pred).mean()),
-        "balanced_accuracy": float(np.mean(recalls)),
-    }

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medcl.pretrain.probe import classification_metrics, knn_predict, linear_probe
+from medcl.eval.metrics import classification_metrics
+from medcl.eval.probe import knn_predict, linear_probe
 
 
 def _reference_knn(train_x, train_y, test_x, k, t, c):  # type: ignore[no-untyped-def]

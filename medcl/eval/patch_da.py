@@ -33,13 +33,15 @@ from medcl.config import StrictModel, save_config
 from medcl.engine.checkpoint import list_checkpoints, load_checkpoint
 from medcl.engine.stamps import check_stamp, output_settings
 from medcl.errors import ConfigError, InvalidInputError
+from medcl.eval.features import extract_features
+from medcl.eval.metrics import classification_metrics
+from medcl.eval.probe import knn_predict, linear_probe
+from medcl.eval.tables import mean_half_width, update_readme
+from medcl.io.image_selection import ImageViewsDataset, PatchDataConfig, load_filtered_image_set
 from medcl.io.images import ImageSet
 from medcl.models.encoder_base import Encoder
 from medcl.models.encoders import PRETRAINED_ENCODER, create_encoder
 from medcl.pretrain.patch import ContrastiveModel, PatchPretrainConfig, run_pretrain_patch
-from medcl.pretrain.patch_data import ImageViewsDataset, PatchDataConfig, load_filtered_image_set
-from medcl.pretrain.probe import classification_metrics, extract_features, knn_predict, linear_probe
-from medcl.retrieval.metrics import mean_interval
 from medcl.workspace import data_root as resolve_data_root
 from medcl.workspace import job_dir
 
@@ -215,7 +217,7 @@ def _run_seed(
 
 def _table(df: pd.DataFrame) -> str:
     def cell(values: pd.Series) -> str:
-        mean, half = mean_interval(values.to_numpy())
+        mean, half = mean_half_width(values.to_numpy())
         return f"{mean:.3f}" if np.isnan(half) else f"{mean:.3f} +- {half:.3f}"
 
     lines = [
@@ -264,11 +266,9 @@ def run_patch_da_eval(
     readme: Path | None = None,
 ) -> tuple[list[DARow], str]:
     """Run every seed; returns the rows and the markdown table (with the class x site table)."""
-    from medcl.pretrain.evaluate import update_readme
-
     out = job_dir(cfg.out_dir, workspace, "eval", cfg.name)
     save_config(cfg, out)
-    root = data_root or resolve_data_root()
+    root = resolve_data_root(data_root)
     source, target = split_sites(load_filtered_image_set(cfg.data, root), cfg)
     log.info("source: %d images, target: %d images", len(source), len(target))
     rows = [r for seed in cfg.seeds for r in _run_seed(cfg, seed, source, target, out, root)]

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from medcl.errors import InvalidInputError
-from medcl.pretrain.patch_da import PatchDAEvalConfig, run_patch_da_eval
+from medcl.eval.patch_da import PatchDAEvalConfig, run_patch_da_eval
 
 
 @pytest.fixture(scope="module")

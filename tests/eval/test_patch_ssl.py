@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from medcl.errors import InvalidInputError
-from medcl.pretrain.patch_eval import PatchSSLEvalConfig, run_patch_ssl_eval
+from medcl.eval.patch_ssl import PatchSSLEvalConfig, run_patch_ssl_eval
 
 
 @pytest.fixture(scope="module")

@@ -17,19 +17,16 @@ from pydantic import Field
 from torch.utils.data import DataLoader
 
 from medcl.config import StrictModel, save_config
-from medcl.models.encoders import create_encoder
-from medcl.pretrain.patch_data import (
+from medcl.eval.features import extract_features
+from medcl.eval.metrics import classification_metrics
+from medcl.eval.probe import knn_predict, linear_probe
+from medcl.io.image_selection import (
     ImageViewsDataset,
     PatchDataConfig,
     load_filtered_image_set,
     split_image_set,
 )
-from medcl.pretrain.probe import (
-    classification_metrics,
-    extract_features,
-    knn_predict,
-    linear_probe,
-)
+from medcl.models.encoders import create_encoder
 from medcl.workspace import data_root as resolve_data_root
 from medcl.workspace import job_dir
 
@@ -117,7 +114,7 @@ def run_probe(
     """Probe every encoder of ``cfg``; writes ``probe.json`` and ``probe.csv``."""
     out_dir = job_dir(cfg.out_dir, workspace, "probe", cfg.name)
     save_config(cfg, out_dir)
-    root = data_root or resolve_data_root()
+    root = resolve_data_root(data_root)
     rows = [probe_encoder(name, cfg, root) for name in cfg.encoders]
     (out_dir / "probe.json").write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
     header = list(asdict(rows[0])) if rows else []

@@ -20,9 +20,9 @@ from pydantic import Field
 
 from medcl.config import StrictModel, save_config
 from medcl.engine.stamps import check_stamp, output_settings
-from medcl.pretrain.evaluate import update_readme
+from medcl.eval.probe_job import ProbeConfig, ProbeRow, probe_encoder
+from medcl.eval.tables import update_readme
 from medcl.pretrain.patch import PatchPretrainConfig, run_pretrain_patch
-from medcl.pretrain.probe_job import ProbeConfig, ProbeRow, probe_encoder
 from medcl.workspace import job_dir
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import Field
 
 from medcl.config import StrictModel, save_config
-from medcl.eval.tables import update_readme as write_readme_section
+from medcl.eval.tables import update_readme
 from medcl.pretrain.finetune import FinetuneSegConfig, run_finetune_seg
 from medcl.pretrain.volume import VolumePretrainConfig, run_pretrain_volume
 from medcl.workspace import settings_hash, slug, stage_dir, workspace_root
@@ -195,13 +195,6 @@ def _plot(rows: list[EvalRow], tasks: list[str], methods: list[str], path: Path)
     plt.close(fig)
 
 
-def update_readme(
-    readme: Path, table: str, note: str, markers: tuple[str, str] = (README_START, README_END)
-) -> None:
-    """Replace the text between the README's ``markers`` (see :mod:`medcl.eval.tables`)."""
-    write_readme_section(readme, table, note, markers)
-
-
 def run_volume_ssl_eval(
     cfg: VolumeSSLEvalConfig,
     *,
@@ -255,7 +248,7 @@ def run_volume_ssl_eval(
             "reused from an earlier invocation of the same command; per-run Dice and seconds "
             "in `results.csv`."
         )
-        update_readme(readme, table, note)
+        update_readme(readme, table, note, (README_START, README_END))
     return rows, table
 
 
