@@ -5,7 +5,14 @@ from pathlib import Path
 import pytest
 
 from medcl.errors import InvalidInputError, MedclError
-from medcl.workspace import data_root, resolve_inside, settings_name, slug, workspace_root
+from medcl.workspace import (
+    data_path,
+    data_root,
+    resolve_inside,
+    settings_name,
+    slug,
+    workspace_root,
+)
 
 
 def test_resolve_inside_accepts_relative_and_refuses_escape(tmp_path: Path) -> None:
@@ -44,3 +51,61 @@ def test_roots_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         data_root(required=True)
     with pytest.raises(InvalidInputError, match="not a folder"):
         data_root(tmp_path / "missing")
+
+
+def test_data_path_reads_relative_paths_under_the_root(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    assert data_path(Path("images"), tmp_path) == tmp_path / "images"
+    assert data_path(tmp_path / "images", Path("/elsewhere")) == tmp_path / "images"
+    assert data_path("images", None, must_exist=False) == Path("images")
+    assert data_path("missing", tmp_path, must_exist=False) == tmp_path / "missing"
+    with pytest.raises(InvalidInputError) as err:
+        data_path("missing", tmp_path)
+    assert str(err.value) == (
+        f"{tmp_path / 'missing'}: no such file or folder "
+        f"(relative paths are read under the data root {tmp_path})"
+    )
+    with pytest.raises(InvalidInputError, match="pass --data-root or set MEDCL_DATA"):
+        data_path(tmp_path / "nothing" / "here", None)
+
+
+def _commands_with_data_root() -> list[list[str]]:
+    import argparse
+
+    from medcl.cli import build_parser
+
+    found: list[list[str]] = []
+
+    def walk(parser: argparse.ArgumentParser, prefix: list[str]) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, [*prefix, name])
+        if any("--data-root" in a.option_strings for a in parser._actions):
+            found.append(prefix)
+
+    walk(build_parser(), [])
+    return found
+
+
+def test_every_command_refuses_a_missing_data_root_the_same_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from medcl.cli import main
+
+    commands = _commands_with_data_root()
+    # the evaluations, the trainings, retrieval, shift and the demo all take --data-root
+    assert {"eval probe", "retrieval eval", "pretrain patch", "shift report", "demo"} <= {
+        " ".join(c) for c in commands
+    }
+    monkeypatch.delenv("MEDCL_DATA", raising=False)
+    missing = tmp_path / "no-such-data"
+    for command in commands:
+        code = main([*command, "--data-root", str(missing), "--workspace", str(tmp_path / "ws")])
+        err = capsys.readouterr().err
+        assert code == 2, command
+        assert f"{missing}: data root is not a folder" in err, (command, err)
+    # $MEDCL_DATA goes through the same check
+    monkeypatch.setenv("MEDCL_DATA", str(missing))
+    assert main(["eval", "probe", "--workspace", str(tmp_path / "ws")]) == 2
+    assert "data root is not a folder" in capsys.readouterr().err

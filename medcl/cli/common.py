@@ -61,6 +61,14 @@ def resolve_config(cls: type[C], args: argparse.Namespace, flags: Mapping[str, A
     return load_config(cls, args.config, args.overrides, values)
 
 
+def resolved_data_root(args: argparse.Namespace) -> Path | None:
+    """``--data-root`` (or ``$MEDCL_DATA``) resolved and checked by
+    :func:`medcl.workspace.data_root`, the one place every command resolves its data root."""
+    from medcl.workspace import data_root
+
+    return data_root(getattr(args, "data_root", None))
+
+
 def print_summary(summary: Mapping[str, Any]) -> None:
     """Print a nested summary as readable YAML."""
     import yaml

@@ -6,7 +6,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from medcl.cli.common import add_config_args, add_evaluation_args, add_workspace_arg, resolve_config
+from medcl.cli.common import (
+    add_config_args,
+    add_evaluation_args,
+    add_workspace_arg,
+    resolve_config,
+    resolved_data_root,
+)
 
 
 def add_parser(sub: Any) -> None:
@@ -105,11 +111,10 @@ def add_parser(sub: Any) -> None:
 
 def _volume_ssl(args: argparse.Namespace) -> int:
     from medcl.eval.volume_ssl import VolumeSSLEvalConfig, run_volume_ssl_eval
-    from medcl.workspace import data_root
 
     cfg = resolve_config(VolumeSSLEvalConfig, args, {"out_dir": args.out_dir})
     _, table = run_volume_ssl_eval(
-        cfg, workspace=args.workspace, data_root=data_root(args.data_root), readme=args.readme
+        cfg, workspace=args.workspace, data_root=resolved_data_root(args), readme=args.readme
     )
     print(table)
     return 0
@@ -117,11 +122,10 @@ def _volume_ssl(args: argparse.Namespace) -> int:
 
 def _few_label(args: argparse.Namespace) -> int:
     from medcl.eval.few_label import FewLabelEvalConfig, run_few_label_eval
-    from medcl.workspace import data_root
 
     cfg = resolve_config(FewLabelEvalConfig, args, {"out_dir": args.out_dir})
     _, table = run_few_label_eval(
-        cfg, workspace=args.workspace, data_root=data_root(args.data_root), readme=args.readme
+        cfg, workspace=args.workspace, data_root=resolved_data_root(args), readme=args.readme
     )
     print(table)
     return 0
@@ -145,10 +149,9 @@ def _seg(args: argparse.Namespace) -> int:
 
 def _probe(args: argparse.Namespace) -> int:
     from medcl.eval.probe_job import ProbeConfig, run_probe
-    from medcl.workspace import data_root
 
     cfg = resolve_config(ProbeConfig, args, {"out_dir": args.out_dir, "encoders": args.encoders})
-    rows = run_probe(cfg, workspace=args.workspace, data_root=data_root(args.data_root))
+    rows = run_probe(cfg, workspace=args.workspace, data_root=resolved_data_root(args))
     print(f"{'encoder':40} {'kNN bal.acc':>12} {'linear bal.acc':>15}")
     for r in rows:
         print(f"{r.encoder:40} {r.knn_balanced_accuracy:12.3f} {r.linear_balanced_accuracy:15.3f}")
@@ -157,11 +160,10 @@ def _probe(args: argparse.Namespace) -> int:
 
 def _patch_ssl(args: argparse.Namespace) -> int:
     from medcl.eval.patch_ssl import PatchSSLEvalConfig, run_patch_ssl_eval
-    from medcl.workspace import data_root
 
     cfg = resolve_config(PatchSSLEvalConfig, args, {"out_dir": args.out_dir})
     _, table = run_patch_ssl_eval(
-        cfg, workspace=args.workspace, data_root=data_root(args.data_root), readme=args.readme
+        cfg, workspace=args.workspace, data_root=resolved_data_root(args), readme=args.readme
     )
     print(table)
     return 0
@@ -169,11 +171,10 @@ def _patch_ssl(args: argparse.Namespace) -> int:
 
 def _patch_da(args: argparse.Namespace) -> int:
     from medcl.eval.patch_da import PatchDAEvalConfig, run_patch_da_eval
-    from medcl.workspace import data_root
 
     cfg = resolve_config(PatchDAEvalConfig, args, {"out_dir": args.out_dir})
     _, table = run_patch_da_eval(
-        cfg, workspace=args.workspace, data_root=data_root(args.data_root), readme=args.readme
+        cfg, workspace=args.workspace, data_root=resolved_data_root(args), readme=args.readme
     )
     print(table)
     return 0
@@ -181,11 +182,10 @@ def _patch_da(args: argparse.Namespace) -> int:
 
 def _mil_ham(args: argparse.Namespace) -> int:
     from medcl.mil.ham_eval import MILHamEvalConfig, run_mil_ham_eval
-    from medcl.workspace import data_root
 
     cfg = resolve_config(MILHamEvalConfig, args, {"out_dir": args.out_dir})
     _, table = run_mil_ham_eval(
-        cfg, workspace=args.workspace, data_root=data_root(args.data_root), readme=args.readme
+        cfg, workspace=args.workspace, data_root=resolved_data_root(args), readme=args.readme
     )
     print(table)
     return 0

@@ -6,7 +6,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from medcl.cli.common import add_config_args, add_workspace_arg, is_rank_zero, resolve_config
+from medcl.cli.common import (
+    add_config_args,
+    add_workspace_arg,
+    is_rank_zero,
+    resolve_config,
+    resolved_data_root,
+)
 
 
 def add_parser(sub: Any) -> None:
@@ -69,7 +75,7 @@ def _pretrain_volume(args: argparse.Namespace) -> int:
     from medcl.pretrain.volume import VolumePretrainConfig, run_pretrain_volume
 
     cfg = resolve_config(VolumePretrainConfig, args, {"out_dir": args.out_dir})
-    res = run_pretrain_volume(cfg, workspace=args.workspace, data_root=args.data_root)
+    res = run_pretrain_volume(cfg, workspace=args.workspace, data_root=resolved_data_root(args))
     if not is_rank_zero():
         return 0
     print(f"global loss: {res.global_loss}  local loss: {res.local_loss}")
@@ -81,7 +87,7 @@ def _pretrain_patch(args: argparse.Namespace) -> int:
     from medcl.pretrain.patch import PatchPretrainConfig, run_pretrain_patch
 
     cfg = resolve_config(PatchPretrainConfig, args, {"out_dir": args.out_dir})
-    res = run_pretrain_patch(cfg, workspace=args.workspace, data_root=args.data_root)
+    res = run_pretrain_patch(cfg, workspace=args.workspace, data_root=resolved_data_root(args))
     if not is_rank_zero():
         return 0
     print(f"{res.num_images} images, last loss {res.last_loss:.4f}")
@@ -93,7 +99,7 @@ def _finetune_seg(args: argparse.Namespace) -> int:
     from medcl.pretrain.finetune import FinetuneSegConfig, run_finetune_seg
 
     cfg = resolve_config(FinetuneSegConfig, args, {"out_dir": args.out_dir, "init": args.init})
-    res = run_finetune_seg(cfg, workspace=args.workspace, data_root=args.data_root)
+    res = run_finetune_seg(cfg, workspace=args.workspace, data_root=resolved_data_root(args))
     if not is_rank_zero():
         return 0
     print(f"{'class':24} dice")

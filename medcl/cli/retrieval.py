@@ -13,6 +13,7 @@ from medcl.cli.common import (
     add_workspace_arg,
     is_rank_zero,
     resolve_config,
+    resolved_data_root,
 )
 
 
@@ -93,7 +94,7 @@ def _train_cci(args: argparse.Namespace) -> int:
     from medcl.retrieval.cci_train import CCITrainConfig, run_train_cci
 
     cfg = resolve_config(CCITrainConfig, args, {"out_dir": args.out_dir, "encoder": args.encoder})
-    res = run_train_cci(cfg, workspace=args.workspace, data_root=args.data_root)
+    res = run_train_cci(cfg, workspace=args.workspace, data_root=resolved_data_root(args))
     if is_rank_zero():
         print(
             f"{res.num_images} images from {res.num_domains} domains, last loss {res.last_loss:.4f}"
@@ -107,7 +108,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     cfg = resolve_config(RetrievalEvalConfig, args, {"out_dir": args.out_dir})
     _, table = run_retrieval_eval(
-        cfg, workspace=args.workspace, data_root=args.data_root, readme=args.readme
+        cfg, workspace=args.workspace, data_root=resolved_data_root(args), readme=args.readme
     )
     print(table)
     return 0
@@ -137,7 +138,7 @@ def _index(args: argparse.Namespace) -> int:
         return _add_reviewed(args)
 
     cfg = resolve_config(PoolIndexConfig, args, {"out_dir": args.out_dir, "encoder": args.encoder})
-    out = build_pool_index(cfg, workspace=args.workspace, data_root=args.data_root)
+    out = build_pool_index(cfg, workspace=args.workspace, data_root=resolved_data_root(args))
     print(f"index: {out}")
     return 0
 

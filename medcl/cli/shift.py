@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from medcl.cli.common import add_config_args, add_workspace_arg, resolve_config
+from medcl.cli.common import add_config_args, add_workspace_arg, resolve_config, resolved_data_root
 
 
 def _values(text: str) -> list[str]:
@@ -48,7 +48,7 @@ def _report(args: argparse.Namespace) -> int:
         "out_dir": args.out_dir,
     }
     cfg = resolve_config(ShiftReportConfig, args, flags)
-    report = run_shift_report(cfg, workspace=args.workspace, data_root=args.data_root)
+    report = run_shift_report(cfg, workspace=args.workspace, data_root=resolved_data_root(args))
     print((Path(report["out_dir"]) / "report.md").read_text(), end="")
     print(f"report: {report['out_dir']}")
     return 0

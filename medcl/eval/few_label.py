@@ -41,8 +41,8 @@ from medcl.eval.volume_ssl import MethodConfig
 from medcl.io.datasets.acdc import AcdcFrame, find_acdc, load_patient_split, patients
 from medcl.pretrain.finetune import FinetuneSegConfig, run_finetune_seg
 from medcl.pretrain.volume import VolumePretrainConfig, run_pretrain_volume
-from medcl.pretrain.volume_data import VolumeSource, resolve_path
-from medcl.workspace import settings_hash, slug, stage_dir, workspace_root
+from medcl.pretrain.volume_data import VolumeSource
+from medcl.workspace import data_path, settings_hash, slug, stage_dir, workspace_root
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ class _Data:
 
     def __init__(self, cfg: FewLabelEvalConfig, data_root: Path | None) -> None:
         d = cfg.dataset
-        root = resolve_path(d.root, data_root)
+        root = data_path(d.root, data_root, must_exist=False)  # find_acdc names what is missing
         frames = find_acdc(root)
         self.by_patient: dict[str, list[AcdcFrame]] = {}
         for f in frames:

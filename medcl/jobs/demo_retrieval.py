@@ -54,7 +54,7 @@ from medcl.retrieval.prompts import Demonstration
 from medcl.retrieval.vote import majority_vote
 from medcl.review.model_card import ModelCard
 from medcl.review.predictions import PredictionRecord, artifact_ref, write_predictions
-from medcl.workspace import slug
+from medcl.workspace import data_path, slug
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ def model_card(cfg: RetrievalDemoConfig, n_pool: int) -> ModelCard:
 
 def run_retrieval_demo(cfg: RetrievalDemoConfig, out: Path, *, data_root: Path | None) -> Path:
     """Index the pool, select demonstrations, write ``out/predictions.jsonl``; returns it."""
-    source = cfg.images if cfg.images.is_absolute() or data_root is None else data_root / cfg.images
+    source = data_path(cfg.images, data_root, must_exist=False)  # the loader names what is missing
     ds = load_image_set(source, format=cfg.format, **cfg.format_kwargs)
     df = ds.df.reset_index(drop=True)
     pool, queries = split_pool_and_queries(df, cfg)

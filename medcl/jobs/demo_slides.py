@@ -38,7 +38,7 @@ from medcl.errors import InvalidInputError, MedclError
 from medcl.jobs.demo_volume import short_sha
 from medcl.review.model_card import ModelCard
 from medcl.review.predictions import PredictionRecord, artifact_ref, write_predictions
-from medcl.workspace import slug
+from medcl.workspace import data_path, slug
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def _slide_csv(
 ) -> list[tuple[Path, float | None]]:
     slides = []
     for item in cfg.slides:
-        path = item.path if item.path.is_absolute() or data_root is None else data_root / item.path
+        path = data_path(item.path, data_root, must_exist=False)
         if not path.is_file():
             raise InvalidInputError(path, "demo slide not found")
         slides.append((path.resolve(), item.mpp))

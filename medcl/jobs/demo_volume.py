@@ -42,7 +42,7 @@ from medcl.review.predictions import (
     finite_or_none,
     write_predictions,
 )
-from medcl.workspace import slug
+from medcl.workspace import data_path, slug
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def class_confidence(model: UNet, image: np.ndarray, n_classes: int) -> np.ndarr
 
 
 def _resolve(path: Path, root: Path | None) -> Path:
-    full = path if path.is_absolute() or root is None else root / path
+    full = data_path(path, root, must_exist=False)
     if not full.exists():
         raise InvalidInputError(full, "demo volume not found")
     return full

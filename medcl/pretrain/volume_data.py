@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from medcl.config import StrictModel
 from medcl.io.volumes import read_label, read_volume
 from medcl.pretrain.slices import InplaneConfig, PreparedVolume, prepare_volume
+from medcl.workspace import data_path
 from medcl.workspace import data_root as resolve_data_root
 
 log = logging.getLogger(__name__)
@@ -52,10 +53,12 @@ class SliceDataConfig(StrictModel):
 
 
 def resolve_path(path: Path, root: Path | None) -> Path:
-    """``path`` itself when absolute, else under ``root`` (or as given when no root)."""
-    if path.is_absolute() or root is None:
-        return path
-    return root / path
+    """``path`` itself when absolute, else under ``root`` (or as given when no root).
+
+    :func:`medcl.workspace.data_path` without the existence check: the volume readers name a
+    missing file themselves.
+    """
+    return data_path(path, root, must_exist=False)
 
 
 class PretrainDataConfig(SliceDataConfig):
@@ -79,7 +82,7 @@ def load_volumes(
     Raises:
         InvalidInputError: from the readers, naming the file (corrupt, misaligned label, ...).
     """
-    root = cfg.root or data_root or resolve_data_root()
+    root = cfg.root or resolve_data_root(data_root)
     out: list[PreparedVolume] = []
     items = list(sources)
     for src in tqdm(items, desc="volumes", disable=not progress, leave=False):
