@@ -6,7 +6,8 @@ unit a split must never divide), plus any metadata columns. Its ``class_map`` (c
 is explicit and saved with models, so class indices never depend on which labels a subset has.
 
 Formats are looked up by name in :data:`IMAGE_SETS` ('manifest', 'ham10000', 'camelyon17',
-'class_folders'); :func:`load_image_set` detects the format of a file or folder.
+'class_folders'); each registers how to recognise its layout, and :func:`detect_format` asks them
+(:class:`ImageSetRegistry`).
 
 Manifest CSV: columns ``path,label[,domain][,group]`` plus any metadata; ``path`` is relative to
 the manifest's folder (or to ``root``) or absolute; ``domain`` defaults to ``"default"`` and
@@ -19,7 +20,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -401,45 +402,118 @@ class ImageSetDataset(Dataset[tuple[Any, int]]):
         return out, int(self._labels[index])
 
 
-IMAGE_SETS: Registry[ImageSet] = Registry("image set format")
+F = TypeVar("F", bound=Callable[..., object])
 
 
-@IMAGE_SETS.register("manifest")
+class ImageSetRegistry(Registry[ImageSet]):
+    """Image-set loaders by name, each with how to recognise its folder or file.
+
+    An adapter registers its loader and a ``recognise(path) -> bool`` test of its layout;
+    :func:`detect_format` asks the recognisers in ``priority`` order (lower first, then
+    registration order), so a specific layout (HAM10000's metadata file) is asked before a generic
+    one (any folder of class sub-folders). Adding an image-set format is one module in
+    :mod:`medcl.io.datasets` with its ``@IMAGE_SETS.register(...)`` and its name in
+    :data:`medcl.io.datasets.IMAGE_SET_MODULES`.
+    """
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self._recognisers: dict[str, tuple[int, int, Callable[[Path], bool], str]] = {}
+
+    def register(
+        self,
+        name: str,
+        *,
+        recognise: Callable[[Path], bool] | None = None,
+        describe: str = "",
+        priority: int = 50,
+    ) -> Callable[[F], F]:
+        """Decorator registering a loader under ``name``, optionally with its recogniser.
+
+        Args:
+            name: the format name (``format=`` of :func:`load_image_set`, ``data.format``).
+            recognise: ``path -> bool``, true when ``path`` has this format's layout; without
+                one the format is loaded by name only.
+            describe: the layout in words, listed when no format recognises a path.
+            priority: lower is asked first by :func:`detect_format`.
+        """
+        register_loader = super().register(name)
+
+        def decorator(fn: F) -> F:
+            register_loader(fn)
+            if recognise is not None:
+                order = (priority, len(self._recognisers), recognise, describe or name)
+                self._recognisers[name] = order
+            return fn
+
+        return decorator
+
+    def unregister(self, name: str) -> None:
+        """Remove the format ``name`` (tests register temporary formats)."""
+        self.get(name)  # ValueError listing the valid names
+        del self._builders[name]
+        self._recognisers.pop(name, None)
+
+    def _ordered(self) -> list[tuple[str, Callable[[Path], bool], str]]:
+        entries = sorted(self._recognisers.items(), key=lambda kv: kv[1][:2])
+        return [(name, test, text) for name, (_, _, test, text) in entries]
+
+    def recognise(self, path: Path) -> str | None:
+        """The name of the first format (in priority order) whose recogniser accepts ``path``."""
+        for name, test, _ in self._ordered():
+            if test(path):
+                return name
+        return None
+
+    def layouts(self) -> str:
+        """The recognised layouts in words, in the order they are asked."""
+        return "; ".join(text for _, _, text in self._ordered())
+
+
+IMAGE_SETS = ImageSetRegistry("image set format")
+
+
+def _is_manifest(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() == ".csv"
+
+
+@IMAGE_SETS.register(
+    "manifest",
+    recognise=_is_manifest,
+    describe="a manifest .csv (path,label[,domain][,group])",
+    priority=0,
+)
 def load_manifest(path: str | os.PathLike[str], **kwargs: Any) -> ImageSet:
     """:meth:`ImageSet.from_manifest` under the registry name 'manifest'."""
     return ImageSet.from_manifest(path, **kwargs)
 
 
-_RECOGNISED = (
-    "a manifest .csv (path,label[,domain][,group]); a HAM10000 folder (HAM10000_metadata.csv); "
-    "a Camelyon17-WILDS folder (metadata.csv + patches/); a folder of class sub-folders"
-)
-
-
 def _register_adapters() -> None:
     # the adapters register themselves on import; imported here to avoid an import cycle
-    import medcl.io.datasets.camelyon17
-    import medcl.io.datasets.class_folders
-    import medcl.io.datasets.ham10000  # noqa: F401
+    import importlib
+
+    from medcl.io.datasets import IMAGE_SET_MODULES
+
+    for module in IMAGE_SET_MODULES:
+        importlib.import_module(module)
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
-    """The registry name of the layout at ``path``; :class:`InvalidInputError` if none fits."""
-    from medcl.io.datasets.class_folders import looks_like_class_folders
+    """The registry name of the layout at ``path``, asking every registered format's recogniser.
 
+    Raises:
+        InvalidInputError: nothing is at ``path``, or no registered format recognises it.
+    """
+    _register_adapters()
     p = Path(path)
-    if p.is_file() and p.suffix.lower() == ".csv":
-        return "manifest"
-    if p.is_dir():
-        if (p / "HAM10000_metadata.csv").is_file():
-            return "ham10000"
-        if (p / "metadata.csv").is_file() and (p / "patches").is_dir():
-            return "camelyon17"
-        if looks_like_class_folders(p):
-            return "class_folders"
-    elif not p.exists():
+    if not p.exists():
         raise InvalidInputError(p, "no such file or folder")
-    raise InvalidInputError(p, f"not a recognised image set layout; recognised: {_RECOGNISED}")
+    name = IMAGE_SETS.recognise(p)
+    if name is None:
+        raise InvalidInputError(
+            p, f"not a recognised image set layout; recognised: {IMAGE_SETS.layouts()}"
+        )
+    return name
 
 
 def load_image_set(

@@ -270,3 +270,90 @@ def test_registry_and_format_detection(manifest: Path, tmp_path: Path) -> None:
         load_image_set(tmp_path / "nothing")
     with pytest.raises(ValueError, match="unknown image set format 'zip'"):
         load_image_set(manifest, format="zip")
+
+
+# A whole image-set adapter: one module with its registration, as a new dataset would add to
+# medcl/io/datasets/. It reads ``labels.txt`` ("<file> <label>" per line) beside the images.
+_TINY_ADAPTER = """
+from pathlib import Path
+
+import pandas as pd
+
+from medcl.io.images import IMAGE_SETS, ImageSet
+
+
+@IMAGE_SETS.register(
+    "tiny_list",
+    recognise=lambda p: (p / "labels.txt").is_file(),
+    describe="a tiny-list folder (labels.txt)",
+    priority=5,
+)
+def load_tiny_list(root, **kwargs):
+    root = Path(root)
+    rows = [line.split() for line in (root / "labels.txt").read_text().splitlines() if line]
+    df = pd.DataFrame(
+        {"path": [str(root / f) for f, _ in rows], "label": [lab for _, lab in rows],
+         "domain": "default", "group": [f for f, _ in rows]}
+    )
+    return ImageSet(df, root=root, name="tiny", **kwargs)
+"""
+
+
+def test_a_new_adapter_is_one_module_and_its_registration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    import medcl.io.datasets
+
+    folder = tmp_path / "tiny"
+    _save(folder / "x.png", seed=1)
+    _save(folder / "y.png", seed=2)
+    (folder / "labels.txt").write_text("x.png cat\ny.png dog\n")
+    with pytest.raises(InvalidInputError, match="not a recognised image set layout"):
+        detect_format(folder)  # before the adapter exists
+
+    (tmp_path / "modules").mkdir()
+    (tmp_path / "modules" / "medcl_tiny_adapter.py").write_text(_TINY_ADAPTER)
+    monkeypatch.syspath_prepend(str(tmp_path / "modules"))
+    modules = (*medcl.io.datasets.IMAGE_SET_MODULES, "medcl_tiny_adapter")
+    monkeypatch.setattr(medcl.io.datasets, "IMAGE_SET_MODULES", modules)
+    try:
+        assert detect_format(folder) == "tiny_list"
+        ds = load_image_set(folder)
+        assert ds.name == "tiny"
+        assert ds.class_map == {"cat": 0, "dog": 1}
+        assert ds.labels.tolist() == [0, 1]
+        assert [Path(p).name for p in ds.df["path"]] == ["x.png", "y.png"]
+        assert load_image_set(
+            folder, format="tiny_list", class_map={"dog": 0, "cat": 1}
+        ).labels.tolist() == [1, 0]
+        assert "a tiny-list folder (labels.txt)" in IMAGE_SETS.layouts()
+        # the specific layouts are still asked before the generic class folders
+        assert detect_format(_class_folders(tmp_path)) == "class_folders"
+    finally:
+        IMAGE_SETS.unregister("tiny_list")
+        sys.modules.pop("medcl_tiny_adapter", None)
+    monkeypatch.setattr(medcl.io.datasets, "IMAGE_SET_MODULES", modules[:-1])
+    assert "tiny_list" not in IMAGE_SETS
+    with pytest.raises(InvalidInputError, match="not a recognised image set layout"):
+        detect_format(folder)
+
+
+def _class_folders(tmp_path: Path) -> Path:
+    """``root/<class>/*.png``: two class folders."""
+    root = tmp_path / "classes"
+    _save(root / "cat" / "a.png", seed=3)
+    _save(root / "dog" / "b.png", seed=4)
+    return root
+
+
+def test_detection_asks_specific_layouts_before_class_folders(tmp_path: Path) -> None:
+    # a HAM10000 folder also holds images in sub-folders; its metadata file decides
+    _save(tmp_path / "HAM10000_images_part_1" / "ISIC_0000000.jpg")
+    (tmp_path / "HAM10000_metadata.csv").write_text("lesion_id,image_id,dx\n")
+    assert detect_format(tmp_path) == "ham10000"
+    assert IMAGE_SETS.layouts().split("; ")[0] == "a manifest .csv (path,label[,domain][,group])"
+    assert IMAGE_SETS.layouts().split("; ")[-1] == "a folder of class sub-folders"
+    with pytest.raises(ValueError, match="unknown image set format 'nope'"):
+        IMAGE_SETS.unregister("nope")

@@ -48,7 +48,12 @@ def _int_column(df: pd.DataFrame, col: str, src: Path) -> pd.Series:
     return values.astype("int64")
 
 
-@IMAGE_SETS.register("camelyon17")
+@IMAGE_SETS.register(
+    "camelyon17",
+    recognise=lambda p: (p / "metadata.csv").is_file() and (p / "patches").is_dir(),
+    describe="a Camelyon17-WILDS folder (metadata.csv + patches/)",
+    priority=20,
+)
 def load_camelyon17(
     root: str | os.PathLike[str],
     *,

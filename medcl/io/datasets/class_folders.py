@@ -47,7 +47,12 @@ def looks_like_class_folders(root: Path, extensions: Iterable[str] = IMAGE_EXTEN
     )
 
 
-@IMAGE_SETS.register("class_folders")
+@IMAGE_SETS.register(
+    "class_folders",
+    recognise=lambda p: p.is_dir() and looks_like_class_folders(p),
+    describe="a folder of class sub-folders",
+    priority=90,  # any folder with images in sub-folders: asked after the specific layouts
+)
 def load_class_folders(
     root: str | os.PathLike[str],
     *,

@@ -42,7 +42,12 @@ def _index_images(folders: list[Path]) -> dict[str, Path]:
     return found
 
 
-@IMAGE_SETS.register("ham10000")
+@IMAGE_SETS.register(
+    "ham10000",
+    recognise=lambda p: (p / "HAM10000_metadata.csv").is_file(),
+    describe="a HAM10000 folder (HAM10000_metadata.csv)",
+    priority=10,
+)
 def load_ham10000(
     root: str | os.PathLike[str],
     *,
