@@ -29,7 +29,7 @@ from medcl.engine.trainer import Metrics, TrainConfig, Trainer
 from medcl.errors import ConfigError
 from medcl.losses.local import LocalContrastiveLoss
 from medcl.losses.partition import create_global_loss
-from medcl.models.unet import UNet, UNetConfig
+from medcl.models.unet import UNet, UNetConfig, create_unet, default_volume_unet
 from medcl.pretrain.partitions import PartitionBatchSampler, SliceIndex
 from medcl.pretrain.slices import PreparedVolume, SliceViewsDataset
 from medcl.pretrain.volume_data import PretrainDataConfig, load_volumes
@@ -44,10 +44,6 @@ from medcl.transforms.views import (
 from medcl.workspace import job_dir
 
 log = logging.getLogger(__name__)
-
-
-def _small_unet() -> UNetConfig:
-    return UNetConfig(channels=(16, 32, 64, 128), global_hidden_dim=256, local_hidden_dim=64)
 
 
 class GlobalStageConfig(StrictModel):
@@ -86,7 +82,7 @@ class VolumePretrainConfig(StrictModel):
 
     name: str = "volume"
     data: PretrainDataConfig = Field(default_factory=PretrainDataConfig)
-    model: UNetConfig = Field(default_factory=_small_unet)
+    model: UNetConfig = Field(default_factory=default_volume_unet)
     partitions: int = Field(default=4, ge=1)
     global_stage: GlobalStageConfig = Field(default_factory=GlobalStageConfig)
     local_stage: LocalStageConfig = Field(default_factory=LocalStageConfig)
@@ -274,7 +270,7 @@ def run_pretrain_volume(
             # partition_of_slices refuses S > depth with the volume's name (a clear error)
             SliceIndex([(v.id, v.depth) for v in volumes], S=cfg.partitions)
             torch.manual_seed(cfg.train.seed)
-            model = UNet(cfg.model)
+            model = create_unet(cfg.model)
             g_loss = l_loss = None
             gs = cfg.global_stage
             if gs.loss != "none" and gs.steps > 0:
