@@ -46,7 +46,7 @@ def test_options_checked_against_the_builder_signature() -> None:
 
     with pytest.raises(ValueError, match=r"bad options for widget 'sized'.*accepts: size, scale"):
         reg.create("sized", size=2, colour="red")
-    with pytest.raises(ValueError, match="bad options for widget 'sized'.*size"):
+    with pytest.raises(ValueError, match=r"bad options for widget 'sized'.*size"):
         reg.create("sized")  # a required option left out
     with pytest.raises(ValueError, match="bad options for widget 'sized'"):
         reg.create("sized", 1, 2, 3)  # too many positional arguments

@@ -293,6 +293,7 @@ def load_volume_case(image: Path, mask: Path, ground_truth: Path | None = None) 
     vol = read_volume(image)
     pred = read_label(mask, vol)
     truth = read_label(ground_truth, vol) if ground_truth is not None else None
+
     def ras(array: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(to_ras(array, vol.affine))
 

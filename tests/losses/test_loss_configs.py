@@ -59,13 +59,13 @@ def test_local_stage_default_is_the_papers_local_loss_with_the_same_values() -> 
 def test_unknown_or_unusable_loss_names_are_clear_errors() -> None:
     with pytest.raises(ValidationError, match="unknown loss 'simclr'; valid names: dense, ntxent"):
         PatchPretrainConfig(loss="simclr")
-    with pytest.raises(ValidationError, match="loss 'dense' takes feature maps.*ntxent, supcon"):
+    with pytest.raises(ValidationError, match=r"loss 'dense' takes feature maps.*ntxent, supcon"):
         PatchPretrainConfig(loss="dense")
     with pytest.raises(
         ValidationError, match="unknown local loss 'dense2'; valid names: dense, loc"
     ):
         LocalStageConfig(loss="dense2")
-    with pytest.raises(ValidationError, match="bad options for local loss 'dense'.*domain"):
+    with pytest.raises(ValidationError, match=r"bad options for local loss 'dense'.*domain"):
         LocalStageConfig(loss="dense", domain=True)
-    with pytest.raises(ValueError, match="bad options for loss 'ntxent'.*accepts: temperature"):
+    with pytest.raises(ValueError, match=r"bad options for loss 'ntxent'.*accepts: temperature"):
         build_patch_loss(PatchPretrainConfig(loss_kwargs={"base_temperature": 1.0}))

@@ -194,7 +194,7 @@ def test_bad_options_checked_before_building_and_builder_bugs_propagate(
 
     with pytest.raises(ValueError, match=r"bad options for MIL aggregator 'max'.*top_k"):
         create_aggregator("max", D, topk=3)  # misspelt: the message names the accepted options
-    with pytest.raises(ValueError, match="bad options for MIL aggregator 'abmil'.*in_dim"):
+    with pytest.raises(ValueError, match=r"bad options for MIL aggregator 'abmil'.*in_dim"):
         AGGREGATORS.create("abmil")  # the required in_dim left out
 
     def broken(*args: Any, **kwargs: Any) -> Any:
