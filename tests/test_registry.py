@@ -35,3 +35,31 @@ def test_duplicate_registration_refused() -> None:
     reg.register("a")(lambda: 1)
     with pytest.raises(ValueError, match="already registered"):
         reg.register("a")(lambda: 2)
+
+
+def test_options_checked_against_the_builder_signature() -> None:
+    reg: Registry[int] = Registry("widget")
+
+    @reg.register("sized")
+    def build_sized(size: int, scale: int = 1) -> int:
+        return size * scale
+
+    with pytest.raises(ValueError, match=r"bad options for widget 'sized'.*accepts: size, scale"):
+        reg.create("sized", size=2, colour="red")
+    with pytest.raises(ValueError, match=r"bad options for widget 'sized'.*size"):
+        reg.create("sized")  # a required option left out
+    with pytest.raises(ValueError, match="bad options for widget 'sized'"):
+        reg.create("sized", 1, 2, 3)  # too many positional arguments
+    reg.check_options("sized", 3, scale=2)  # a valid call passes the check
+    assert reg.create("sized", 3, scale=2) == 6
+
+
+def test_type_error_inside_a_builder_propagates() -> None:
+    reg: Registry[int] = Registry("widget")
+
+    @reg.register("buggy")
+    def build_buggy(size: int = 1) -> int:
+        return size + "1"  # type: ignore[return-value,operator]  # a bug in the builder
+
+    with pytest.raises(TypeError, match="unsupported operand"):
+        reg.create("buggy", size=2)

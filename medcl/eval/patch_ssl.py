@@ -55,7 +55,7 @@ def _run_one(
     done = folder / "probe.json"
     pre = cfg.pretrain.model_copy(deep=True)
     if loss is not None:
-        pre.loss = loss  # type: ignore[assignment]
+        pre.loss = loss
         pre.name = f"{method} seed {seed}"
         pre.out_dir = folder / "pretrain"
         pre.train = pre.train.model_copy(update={"seed": seed})

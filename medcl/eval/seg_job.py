@@ -31,7 +31,7 @@ from medcl.eval.seg import summarise_scores, summary_table
 from medcl.io.datasets.volume_folders import VolumeItem, find_volume_pairs
 from medcl.io.volumes import read_label, read_volume
 from medcl.metrics import segmentation_scores
-from medcl.models.unet import UNet, UNetConfig
+from medcl.models.unet import UNet, UNetConfig, create_unet
 from medcl.pretrain.predict import predict_probabilities
 from medcl.pretrain.slices import (
     InplaneConfig,
@@ -82,7 +82,7 @@ def load_seg_model(path: Path) -> tuple[UNet, dict[str, int], dict[str, Any]]:
         },
         out_channels=len(classes) + 1,
     )
-    model = UNet(cfg)
+    model = create_unet(cfg)
     model.load_pretrained(
         {"arch": arch, "state_dict": payload["state_dict"]},
         ("encoder", "decoder", "seg_head"),

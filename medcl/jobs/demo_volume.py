@@ -31,7 +31,7 @@ from pydantic import Field
 from medcl.config import StrictModel
 from medcl.engine.trainer import TrainConfig
 from medcl.errors import InvalidInputError
-from medcl.models.unet import UNet, UNetConfig
+from medcl.models.unet import UNet, UNetConfig, create_unet
 from medcl.pretrain.finetune import FinetuneDataConfig, FinetuneSegConfig, run_finetune_seg
 from medcl.pretrain.volume_data import VolumeSource, load_volumes
 from medcl.pretrain.weights import load_unet_weights
@@ -188,7 +188,7 @@ def run_volume_demo(
     metrics = json.loads((result.out_dir / "metrics.json").read_text(encoding="utf-8"))
     dice_by_id = {v["volume"]: v for v in metrics["volumes"]}
 
-    model = UNet(model_cfg.model_copy(update={"out_channels": len(names) + 1}))
+    model = create_unet(model_cfg, out_channels=len(names) + 1)
     load_unet_weights(model, result.out_dir / "model.pt")
     version = f"demo-{short_sha(result.out_dir / 'model.pt')}"
     prepared = load_volumes(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from medcl.losses.local import LocalContrastiveLoss, LocalReduction
+from medcl.losses.local import LOCAL_LOSSES, LocalContrastiveLoss, LocalReduction
 
 
 class DenseLocalLoss(LocalContrastiveLoss):
@@ -62,3 +62,6 @@ class DenseLocalLoss(LocalContrastiveLoss):
         self, f1: Tensor, f2: Tensor
     ) -> Tensor:
         return super().forward(f1, f2)
+
+
+LOCAL_LOSSES.register("dense")(DenseLocalLoss)

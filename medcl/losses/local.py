@@ -17,7 +17,7 @@ peak memory of the loss stays bounded by the chunk, however large the batch.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +25,13 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from medcl.losses.contrastive import check_temperature, info_nce_from_logits
+from medcl.registry import Registry
 
 LocalReduction = Literal["mean", "none"]
+
+#: Losses on aligned feature maps, by name (the local stage of volume pretraining):
+#: ``local`` (:class:`LocalContrastiveLoss`) and ``dense`` (:mod:`medcl.losses.dense`).
+LOCAL_LOSSES: Registry[nn.Module] = Registry("local loss")
 
 
 def region_axis(
@@ -142,6 +147,9 @@ class LocalContrastiveLoss(nn.Module):
         - output: scalar, or ``(B,)`` with ``reduction="none"``
     """
 
+    #: what ``forward`` takes (see :data:`medcl.losses.registry.LossInputs`)
+    inputs: ClassVar[str] = "feature_maps"
+
     def __init__(
         self,
         region_size: int = 3,
@@ -231,3 +239,6 @@ class LocalContrastiveLoss(nn.Module):
             f"stride={self.stride}, temperature={self.temperature}, domain={self.domain}, "
             f"chunk_size={self.chunk_size}"
         )
+
+
+LOCAL_LOSSES.register("local")(LocalContrastiveLoss)

@@ -14,6 +14,8 @@ over the global batch, and with DDP's gradient averaging the update is the same 
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -92,6 +94,9 @@ class NTXentLoss(nn.Module):
         - z1, z2: ``(B, D)``, the two views of ``B`` images (the same ``B`` on every process)
         - output: scalar
     """
+
+    #: what ``forward`` takes (see :data:`medcl.losses.registry.LossInputs`)
+    inputs: ClassVar[str] = "pair"
 
     def __init__(self, temperature: float = 0.1, gather_distributed: bool = False) -> None:
         super().__init__()

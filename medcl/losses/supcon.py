@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 
@@ -32,6 +34,9 @@ class SupConLoss(nn.Module):
         - labels: ``(B,)`` integer class labels, or None
         - output: scalar
     """
+
+    #: what ``forward`` takes (see :data:`medcl.losses.registry.LossInputs`)
+    inputs: ClassVar[str] = "views"
 
     def __init__(
         self,

@@ -42,13 +42,11 @@ def create_aggregator(name: str, in_dim: int, n_classes: int = 2, **kwargs: Any)
     ``aggregator_kwargs``) so that :func:`medcl.mil.train.save_mil_model` can rebuild it.
 
     Raises:
-        ValueError: unknown ``name`` (the message lists the valid names) or bad arguments.
+        ValueError: unknown ``name`` (the message lists the valid names), or options the
+            builder does not take (checked against its signature before it runs; an error
+            raised while building, a ``TypeError`` included, propagates unchanged).
     """
-    builder = AGGREGATORS.get(name)
-    try:
-        model = builder(in_dim, n_classes, **kwargs)
-    except TypeError as exc:
-        raise ValueError(f"bad options for MIL aggregator '{name}': {exc}") from None
+    model = AGGREGATORS.create(name, in_dim, n_classes, **kwargs)
     # plain attributes (not parameters) read back by save_mil_model
     object.__setattr__(model, "aggregator_name", name)
     object.__setattr__(model, "aggregator_kwargs", dict(kwargs))

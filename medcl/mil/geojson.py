@@ -8,15 +8,14 @@ image coordinates: top-left, top-right, bottom-right, bottom-left, top-left) and
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
-from os import PathLike
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from medcl.io.geojson import write_geojson as write_geojson
 
 logger = logging.getLogger(__name__)
 
@@ -105,13 +104,3 @@ def tiles_to_geojson(
             }
         )
     return {"type": "FeatureCollection", "features": features}
-
-
-def write_geojson(path: str | PathLike[str], collection: dict[str, Any]) -> Path:
-    """Write a GeoJSON object (compact, UTF-8); returns the path (parents created)."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8") as fh:
-        json.dump(collection, fh, separators=(",", ":"), allow_nan=False)
-    logger.info("wrote %d GeoJSON features to %s", len(collection.get("features", [])), out)
-    return out

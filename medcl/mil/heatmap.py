@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from medcl.viz.blend import blend_layer
+
 if TYPE_CHECKING:
     from matplotlib.colors import Colormap
 
@@ -199,15 +201,13 @@ def blend_heatmap(
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     if not vmax > vmin:
         raise ValueError(f"need vmax > vmin, got vmin={vmin}, vmax={vmax}")
-    out = thumbnail.astype(np.uint8, copy=True)
     where = np.isfinite(score_map)
     if not where.any():
-        return out
+        return thumbnail.astype(np.uint8, copy=True)
     values = np.clip((score_map[where] - vmin) / (vmax - vmin), 0.0, 1.0)
-    colour = np.asarray(_colormap(cmap)(values))[:, :3] * 255.0
-    mixed = (1.0 - alpha) * thumbnail[where].astype(np.float64) + alpha * colour
-    out[where] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
-    return out
+    colour = np.zeros(thumbnail.shape, dtype=np.float64)
+    colour[where] = np.asarray(_colormap(cmap)(values))[:, :3] * 255.0
+    return blend_layer(thumbnail, colour, np.where(where, alpha, 0.0))
 
 
 def heatmap_rgba(

@@ -34,8 +34,9 @@ from pydantic import Field, field_validator
 
 from medcl.config import StrictModel
 from medcl.errors import InvalidInputError
+from medcl.io.geojson import write_geojson
 from medcl.io.slides import Slide, open_slide
-from medcl.mil.geojson import tiles_to_geojson, write_geojson
+from medcl.mil.geojson import tiles_to_geojson
 from medcl.mil.heatmap import (
     DEFAULT_CMAP,
     blend_heatmap,

@@ -331,6 +331,16 @@ def _norm(value: Any) -> Any:
     return list(value) if isinstance(value, tuple | list) else value
 
 
+def default_volume_unet() -> UNetConfig:
+    """The UNet ``medcl pretrain volume`` and ``medcl finetune seg`` build by default.
+
+    Defined once: fine-tuning starts from pretrained weights, so both jobs must agree on the
+    architecture. Four levels (16, 32, 64, 128), global head 256 hidden, local head 64 channels,
+    batch norm, 2D.
+    """
+    return UNetConfig(channels=(16, 32, 64, 128), global_hidden_dim=256, local_hidden_dim=64)
+
+
 UNETS: Registry[UNet] = Registry("unet")
 
 
@@ -347,7 +357,11 @@ def unet3d(**overrides: Any) -> UNet:
 
 
 def create_unet(name_or_cfg: str | UNetConfig | Mapping[str, Any], **overrides: Any) -> UNet:
-    """Build a UNet from a preset name (``"unet2d"``, ``"unet3d"``), a config or a mapping."""
+    """Build a UNet from a preset name (``"unet2d"``, ``"unet3d"``), a config or a mapping.
+
+    The one way jobs build UNets (as timm's ``create_model``); ``overrides`` replace fields of
+    the preset or config (e.g. ``out_channels`` for the classes of a fine-tuning run).
+    """
     if isinstance(name_or_cfg, str):
         return UNETS.create(name_or_cfg, **overrides)
     data = name_or_cfg.model_dump() if isinstance(name_or_cfg, UNetConfig) else dict(name_or_cfg)

@@ -48,7 +48,7 @@ from medcl.engine.trainer import Metrics, TrainConfig, Trainer
 from medcl.errors import ConfigError
 from medcl.io.volumes import read_label, read_volume
 from medcl.metrics import dice_per_class, segmentation_scores
-from medcl.models.unet import UNet, UNetConfig
+from medcl.models.unet import UNet, UNetConfig, create_unet, default_volume_unet
 from medcl.pretrain.predict import predict_probabilities
 from medcl.pretrain.slices import (
     LabelledSliceDataset,
@@ -87,10 +87,6 @@ class FinetuneDataConfig(SliceDataConfig):
         return value
 
 
-def _finetune_unet() -> UNetConfig:
-    return UNetConfig(channels=(16, 32, 64, 128), global_hidden_dim=256, local_hidden_dim=64)
-
-
 class EarlyStoppingConfig(StrictModel):
     """When to stop: validation Dice with ``data.val``, else a training-loss plateau."""
 
@@ -115,7 +111,7 @@ class FinetuneSegConfig(StrictModel):
 
     name: str = "finetune"
     data: FinetuneDataConfig = Field(default_factory=FinetuneDataConfig)
-    model: UNetConfig = Field(default_factory=_finetune_unet)
+    model: UNetConfig = Field(default_factory=default_volume_unet)
     init: str = "random"
     init_parts: list[Literal["encoder", "decoder"]] = Field(
         default_factory=lambda: ["encoder", "decoder"]  # type: ignore[arg-type]
@@ -354,7 +350,7 @@ def run_finetune_seg(
                 worker_init_fn=worker_init_fn if d.num_workers else None,
             )
             torch.manual_seed(cfg.train.seed)
-            model = UNet(model_cfg)
+            model = create_unet(model_cfg)
             provenance: dict[str, Any] = {"init": "random"}
             if cfg.init != "random":
                 provenance = load_unet_weights(model, Path(cfg.init), cfg.init_parts)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from medcl.config import StrictModel, save_config
@@ -33,8 +33,7 @@ from medcl.io.image_selection import (
     load_filtered_image_set,
     split_image_set,
 )
-from medcl.losses.ntxent import NTXentLoss
-from medcl.losses.supcon import SupConLoss
+from medcl.losses.registry import create_loss, list_losses, loss_inputs
 from medcl.models.encoder_base import Encoder
 from medcl.models.encoder_weights import save_encoder
 from medcl.models.encoders import create_encoder
@@ -45,6 +44,9 @@ from medcl.workspace import data_root as resolve_data_root
 from medcl.workspace import job_dir
 
 log = logging.getLogger(__name__)
+
+
+_EMBEDDING_INPUTS = ("pair", "views")
 
 
 class PatchPretrainConfig(StrictModel):
@@ -58,9 +60,15 @@ class PatchPretrainConfig(StrictModel):
     views: Literal["dermoscopy", "pathology"] = "dermoscopy"
     view_kwargs: dict[str, Any] = Field(default_factory=dict)
     image_size: int = Field(default=112, ge=16)
-    loss: Literal["ntxent", "supcon"] = "ntxent"
+    loss: str = Field(
+        default="ntxent",
+        description="a registered loss on embeddings (medcl.losses.registry): ntxent or supcon",
+    )
     temperature: float = Field(default=0.2, gt=0)
     gather_distributed: bool = False
+    loss_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="further options of the loss, e.g. base_temperature"
+    )
     projection_hidden: int = Field(default=512, ge=1)
     projection_dim: int = Field(default=128, ge=1)
     batch_size: int = Field(default=64, ge=2)
@@ -68,6 +76,33 @@ class PatchPretrainConfig(StrictModel):
     weight_decay: float = Field(default=1e-4, ge=0)
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=200))
     out_dir: Path | None = None
+
+    @field_validator("loss")
+    @classmethod
+    def _check_loss(cls, value: str) -> str:
+        if value not in list_losses():
+            raise ValueError(f"unknown loss '{value}'; valid names: {', '.join(list_losses())}")
+        if loss_inputs(value) not in _EMBEDDING_INPUTS:
+            raise ValueError(
+                f"loss '{value}' takes {loss_inputs(value).replace('_', ' ')}, not the embeddings "
+                f"of views; patch pretraining takes one of: {', '.join(embedding_losses())}"
+            )
+        return value
+
+
+def embedding_losses() -> list[str]:
+    """Registered losses patch pretraining can train with (they take view embeddings)."""
+    return [n for n in list_losses() if loss_inputs(n) in _EMBEDDING_INPUTS]
+
+
+def build_patch_loss(cfg: PatchPretrainConfig) -> nn.Module:
+    """The loss of ``cfg``, built by name through the loss registry."""
+    return create_loss(
+        cfg.loss,
+        temperature=cfg.temperature,
+        gather_distributed=cfg.gather_distributed,
+        **cfg.loss_kwargs,
+    )
 
 
 class ContrastiveModel(nn.Module):
@@ -89,11 +124,12 @@ class ContrastiveModel(nn.Module):
 
 
 class _ViewsStep:
-    """Both views in one forward pass, then NT-Xent (SimCLR) or SupCon (labels)."""
+    """Both views in one forward pass, then the loss: on the pair ``(z1, z2)`` (NT-Xent) or on
+    the stacked views with the labels (SupCon), as the loss's ``inputs`` says."""
 
-    def __init__(self, loss: nn.Module, supervised: bool) -> None:
+    def __init__(self, loss: nn.Module) -> None:
         self.loss = loss
-        self.supervised = supervised
+        self.supervised = getattr(loss, "inputs", "pair") == "views"
 
     def __call__(
         self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -122,8 +158,8 @@ def _dataset(
     enc_views = pathology_views if cfg.views == "pathology" else dermoscopy_views
     two = TwoCropTransform(enc_views(cfg.image_size, **{**norm, **cfg.view_kwargs}))
     if cfg.source == "slide":
-        if cfg.loss == "supcon":
-            raise ConfigError("loss", "supcon", "slide tiles have no labels; use ntxent")
+        if loss_inputs(cfg.loss) == "views":
+            raise ConfigError("loss", cfg.loss, "slide tiles have no labels; use ntxent")
         if cfg.data.path is None:
             raise ConfigError("data", "path", "no slide given")
         path = (
@@ -156,11 +192,7 @@ def run_pretrain_patch(
                 "batch_size", str(cfg.batch_size), f"larger than the {len(dataset)} images"
             )
         model = ContrastiveModel(encoder, cfg.projection_hidden, cfg.projection_dim)
-        loss: nn.Module
-        if cfg.loss == "supcon":
-            loss = SupConLoss(cfg.temperature, gather_distributed=cfg.gather_distributed)
-        else:
-            loss = NTXentLoss(cfg.temperature, gather_distributed=cfg.gather_distributed)
+        loss = build_patch_loss(cfg)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         steps = cfg.train.max_steps or 1
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
@@ -169,7 +201,7 @@ def run_pretrain_patch(
         summary = Trainer(
             model,
             optimizer,
-            _ViewsStep(loss, cfg.loss == "supcon"),
+            _ViewsStep(loss),
             shuffled_loader(
                 dataset,
                 batch_size=cfg.batch_size,
@@ -182,7 +214,11 @@ def run_pretrain_patch(
             out_dir / "train",
             scheduler=scheduler,
             dist_info=info,
-            config=cfg.model_dump(mode="json"),
+            # runs from before loss_kwargs existed recorded none: leaving it out while empty
+            # keeps their checkpoints resumable
+            config=cfg.model_dump(
+                mode="json", exclude=set() if cfg.loss_kwargs else {"loss_kwargs"}
+            ),
             arch=cfg.encoder,
         ).fit()
         path = out_dir / "encoder.pt"

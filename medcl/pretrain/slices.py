@@ -28,7 +28,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -38,6 +37,7 @@ from torch.utils.data import Dataset
 from medcl.config import StrictModel
 from medcl.errors import InvalidInputError
 from medcl.io.volumes import Volume
+from medcl.transforms.orientation import from_ras, ras_shape, ras_spacing, to_ras
 from medcl.transforms.volume import scale_percentiles, window_ct
 
 log = logging.getLogger(__name__)
@@ -221,17 +221,6 @@ def map_labels(
     return lut[np.asarray(label, dtype=np.int64)]
 
 
-def _to_ras(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    ornt = nib.orientations.io_orientation(affine)
-    return np.asarray(nib.orientations.apply_orientation(array, ornt))
-
-
-def _from_ras(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    ornt = nib.orientations.io_orientation(affine)
-    back = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"), ornt)
-    return np.asarray(nib.orientations.apply_orientation(array, back))
-
-
 def _resize_stack(stack: np.ndarray, size: tuple[int, int], *, nearest: bool) -> np.ndarray:
     """Resize ``(Z, H, W)`` slice-wise to ``(Z, *size)``."""
     t = torch.from_numpy(np.ascontiguousarray(stack)).unsqueeze(1)
@@ -240,16 +229,6 @@ def _resize_stack(stack: np.ndarray, size: tuple[int, int], *, nearest: bool) ->
         return out.squeeze(1).to(torch.int64).numpy()
     out = F.interpolate(t.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
     return out.squeeze(1).numpy().astype(np.float32)
-
-
-def ras_spacing(affine: np.ndarray) -> tuple[float, float, float]:
-    """Voxel sizes in mm along the R, A, S axes of the RAS-reoriented array."""
-    sizes = nib.affines.voxel_sizes(np.asarray(affine, dtype=np.float64))
-    ornt = nib.orientations.io_orientation(affine)
-    out = [1.0, 1.0, 1.0]
-    for k, (axis, _) in enumerate(ornt):
-        out[int(axis)] = float(sizes[k])
-    return out[0], out[1], out[2]
 
 
 def prepare_volume(
@@ -276,7 +255,7 @@ def prepare_volume(
     modality = guess_modality(image) if intensity == "auto" else intensity
     arr = np.asarray(image.array, dtype=np.float32)
     norm = window_ct(arr, ct_window) if modality == "ct" else scale_percentiles(arr, mr_percentiles)
-    ras = _to_ras(norm, image.affine)  # (X, Y, Z) in R, A, S order
+    ras = to_ras(norm, image.affine)  # (X, Y, Z) in R, A, S order
     # slice stack (Z, H, W): anterior at the top row, patient left -> right along the columns
     stack = np.transpose(ras, (2, 1, 0))[:, ::-1, :]
     known = spacing_known(image.affine)
@@ -292,7 +271,7 @@ def prepare_volume(
         mapped = map_labels(
             label.array, class_values, other_labels=other_labels, source=str(label.path)
         )
-        lab = np.transpose(_to_ras(mapped, image.affine), (2, 1, 0))[:, ::-1, :]
+        lab = np.transpose(to_ras(mapped, image.affine), (2, 1, 0))[:, ::-1, :]
         prepared_label = apply_geometry(lab, geo, nearest=True)
     vid = volume_id or _stem(str(image.path))
     log.debug("%s: %s", vid, geo.description)
@@ -332,7 +311,7 @@ def restore_probabilities(probs: np.ndarray, prepared: PreparedVolume) -> np.nda
         canvas = t.numpy()
     labels = canvas.argmax(1).astype(np.int64)
     ras = np.transpose(labels[:, ::-1, :], (2, 1, 0))
-    return _from_ras(ras, prepared.affine).astype(np.uint8)
+    return from_ras(ras, prepared.affine).astype(np.uint8)
 
 
 def restore_prediction(pred: np.ndarray, prepared: PreparedVolume) -> np.ndarray:
@@ -341,14 +320,10 @@ def restore_prediction(pred: np.ndarray, prepared: PreparedVolume) -> np.ndarray
     if isinstance(geo, InplaneGeometry):
         stack = invert_geometry(np.asarray(pred, dtype=np.int64), geo)
     else:  # a volume prepared by stretching to the output size
-        ras_shape = nib.orientations.apply_orientation(
-            np.zeros(prepared.shape, dtype=np.uint8),
-            nib.orientations.io_orientation(prepared.affine),
-        ).shape
-        x, y, _ = ras_shape
+        x, y, _ = ras_shape(prepared.shape, prepared.affine)
         stack = _resize_stack(np.asarray(pred, dtype=np.int64), (y, x), nearest=True)
     ras = np.transpose(stack[:, ::-1, :], (2, 1, 0))
-    return _from_ras(ras, prepared.affine).astype(np.uint8)
+    return from_ras(ras, prepared.affine).astype(np.uint8)
 
 
 def _stem(path: str) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -27,9 +27,10 @@ from medcl.engine.distributed import DistInfo, cleanup, init_distributed
 from medcl.engine.seed import seed_everything, worker_init_fn
 from medcl.engine.trainer import Metrics, TrainConfig, Trainer
 from medcl.errors import ConfigError
-from medcl.losses.local import LocalContrastiveLoss
+from medcl.losses.local import LOCAL_LOSSES
 from medcl.losses.partition import create_global_loss
-from medcl.models.unet import UNet, UNetConfig
+from medcl.losses.registry import create_local_loss, list_local_losses
+from medcl.models.unet import UNet, UNetConfig, create_unet, default_volume_unet
 from medcl.pretrain.partitions import PartitionBatchSampler, SliceIndex
 from medcl.pretrain.slices import PreparedVolume, SliceViewsDataset
 from medcl.pretrain.volume_data import PretrainDataConfig, load_volumes
@@ -44,10 +45,6 @@ from medcl.transforms.views import (
 from medcl.workspace import job_dir
 
 log = logging.getLogger(__name__)
-
-
-def _small_unet() -> UNetConfig:
-    return UNetConfig(channels=(16, 32, 64, 128), global_hidden_dim=256, local_hidden_dim=64)
 
 
 class GlobalStageConfig(StrictModel):
@@ -69,6 +66,11 @@ class LocalStageConfig(StrictModel):
     """Stage 2: frozen encoder, first ``decoder_depth`` decoder blocks + local head."""
 
     enabled: bool = False
+    loss: str = Field(
+        default="local",
+        description="a registered local loss (medcl.losses.registry.LOCAL_LOSSES): local (the "
+        "paper's L_local, with `domain`) or dense (the same on patches, no partitions)",
+    )
     steps: int = Field(default=200, ge=0)
     decoder_depth: int = Field(default=2, ge=1)
     lr: float = Field(default=1e-3, gt=0)
@@ -80,13 +82,43 @@ class LocalStageConfig(StrictModel):
     chunk_size: int = Field(default=8, ge=1)
     volumes_per_batch: int = Field(default=4, ge=1)
 
+    @field_validator("loss")
+    @classmethod
+    def _check_loss(cls, value: str) -> str:
+        if value not in list_local_losses():
+            raise ValueError(
+                f"unknown local loss '{value}'; valid names: {', '.join(list_local_losses())}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_domain(self) -> LocalStageConfig:
+        # only the paper's local loss has the domain variant (L^D_local): the registry says
+        # which options a loss takes ("bad options for local loss 'dense': ... domain ...")
+        if self.domain:
+            LOCAL_LOSSES.check_options(self.loss, domain=True)
+        return self
+
+
+def build_local_loss(ls: LocalStageConfig) -> nn.Module:
+    """The local stage's loss, built by name through the local-loss registry."""
+    options: dict[str, Any] = {
+        "region_size": ls.region_size,
+        "num_regions": ls.num_regions,
+        "temperature": ls.temperature,
+        "chunk_size": ls.chunk_size,
+    }
+    if ls.domain:
+        options["domain"] = True
+    return create_local_loss(ls.loss, **options)
+
 
 class VolumePretrainConfig(StrictModel):
     """Everything ``medcl pretrain volume`` needs."""
 
     name: str = "volume"
     data: PretrainDataConfig = Field(default_factory=PretrainDataConfig)
-    model: UNetConfig = Field(default_factory=_small_unet)
+    model: UNetConfig = Field(default_factory=default_volume_unet)
     partitions: int = Field(default=4, ge=1)
     global_stage: GlobalStageConfig = Field(default_factory=GlobalStageConfig)
     local_stage: LocalStageConfig = Field(default_factory=LocalStageConfig)
@@ -184,15 +216,30 @@ class _GlobalStep:
 class _LocalStep:
     """Both views through the decoder up to ``depth`` + local head, then the local loss."""
 
-    def __init__(self, loss: LocalContrastiveLoss, depth: int) -> None:
+    def __init__(self, loss: nn.Module, depth: int) -> None:
         self.loss = loss
         self.depth = depth
+        self.domain = bool(getattr(loss, "domain", False))  # needs partition and volume ids
 
     def __call__(
         self, model: nn.Module, batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, Metrics]:
         f1, f2 = model(torch.cat([batch["view1"], batch["view2"]]), self.depth).chunk(2)
-        return self.loss(f1, f2, batch["partition"], batch["volume"]), {}
+        if self.domain:
+            return self.loss(f1, f2, batch["partition"], batch["volume"]), {}
+        return self.loss(f1, f2), {}
+
+
+def _stage_config(cfg: VolumePretrainConfig, stage: str) -> dict[str, Any]:
+    """The settings a stage's checkpoints record (a run resumes only with the same ones)."""
+    exclude: dict[str, Any] = {"name": True, "out_dir": True}
+    if stage == "global":
+        exclude["local_stage"] = True
+    elif cfg.local_stage.loss == "local":
+        # runs from before the local loss was selectable recorded no loss name: leaving the
+        # default out keeps their checkpoints resumable
+        exclude["local_stage"] = {"loss"}
+    return cfg.model_dump(mode="json", exclude=exclude)
 
 
 def _run_stage(
@@ -222,10 +269,7 @@ def _run_stage(
         dist_info=info,
         # what this stage's output depends on: the global stage is the same whether or not a
         # local stage follows, so "+ local" runs can resume a finished global stage
-        config=cfg.model_dump(
-            mode="json",
-            exclude={"name", "out_dir", *(("local_stage",) if name == "global" else ())},
-        ),
+        config=_stage_config(cfg, name),
         arch="unet2d",
     )
     # only this stage's parameters train: DDP then tracks exactly the ones that get gradients
@@ -274,7 +318,7 @@ def run_pretrain_volume(
             # partition_of_slices refuses S > depth with the volume's name (a clear error)
             SliceIndex([(v.id, v.depth) for v in volumes], S=cfg.partitions)
             torch.manual_seed(cfg.train.seed)
-            model = UNet(cfg.model)
+            model = create_unet(cfg.model)
             g_loss = l_loss = None
             gs = cfg.global_stage
             if gs.loss != "none" and gs.steps > 0:
@@ -305,13 +349,7 @@ def run_pretrain_volume(
                     *model.decoder_parameters(ls.decoder_depth),
                     *model.local_heads[str(ls.decoder_depth)].parameters(),
                 ]
-                loss = LocalContrastiveLoss(
-                    region_size=ls.region_size,
-                    num_regions=ls.num_regions,
-                    temperature=ls.temperature,
-                    domain=ls.domain,
-                    chunk_size=ls.chunk_size,
-                )
+                loss = build_local_loss(ls)
                 l_loss = _run_stage(
                     "local",
                     _Tap(model, "forward_local"),
@@ -330,7 +368,8 @@ def run_pretrain_volume(
             if info.is_main:
                 method: str = gs.loss if gs.steps > 0 else "none"
                 if ls.enabled and ls.steps > 0:
-                    method += "+local" + ("-domain" if ls.domain else "")
+                    # "+local", "+local-domain" (the paper's names), or "+dense"
+                    method += "+" + ls.loss + ("-domain" if ls.domain else "")
                 save_unet_weights(
                     model,
                     weights,

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from medcl.errors import InvalidInputError
+from medcl.viz.blend import blend_layer
 
 MAX_ZOOM = 2048  # largest zoom edge read at full resolution, in level-0 pixels
 HEATMAP_CMAP = "viridis"  # = medcl.mil.heatmap.DEFAULT_CMAP
@@ -84,9 +85,7 @@ def blend_heatmap(thumbnail: np.ndarray, heatmap: np.ndarray, opacity: float) ->
         raise ValueError(f"opacity must be in [0, 1], got {opacity}")
     thumb = np.asarray(thumbnail, dtype=np.uint8)
     colour, weight = heatmap_layer(heatmap, (thumb.shape[1], thumb.shape[0]))
-    a = (opacity * weight)[..., None]
-    out = (1.0 - a) * thumb.astype(np.float64) + a * colour
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    return blend_layer(thumb, colour, opacity * weight)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -27,11 +27,13 @@ from medcl.errors import InvalidInputError
 from medcl.metrics import dice_per_class
 from medcl.review.errors import ReviewError
 from medcl.review.predictions import TIE_PREFIX, is_tie_label
+from medcl.transforms.orientation import ras_spacing, to_ras
+from medcl.viz.volumes import PLANE_AXIS as PLANE_AXIS
+from medcl.viz.volumes import PLANES as PLANES
+from medcl.viz.volumes import Plane as Plane
+from medcl.viz.volumes import plane_aspect as plane_aspect
+from medcl.viz.volumes import plane_slice as plane_slice
 
-Plane = Literal["axial", "coronal", "sagittal"]
-PLANES: tuple[Plane, ...] = ("axial", "coronal", "sagittal")
-#: Array axis (of a RAS array) that each plane cuts through.
-PLANE_AXIS: dict[Plane, int] = {"axial": 2, "coronal": 1, "sagittal": 0}
 #: Colour of class ``c`` is ``PALETTE[(c - 1) % len(PALETTE)]`` (class 0 is background).
 PALETTE: tuple[tuple[int, int, int], ...] = (
     (230, 25, 75),
@@ -133,34 +135,6 @@ def to_gray_uint8(image: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     lo, hi = window
     scaled = (np.asarray(image, dtype=np.float64) - lo) / max(hi - lo, 1e-12) * 255.0
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-
-
-def plane_slice(array: np.ndarray, plane: Plane, index: int) -> np.ndarray:
-    """One slice of a RAS-oriented ``(X, Y, Z)`` array, rows top to bottom as displayed.
-
-    axial: rows anterior -> posterior, columns right -> left; coronal: rows superior ->
-    inferior, columns right -> left; sagittal: rows superior -> inferior, columns anterior ->
-    posterior. ``index`` counts along :data:`PLANE_AXIS` of the plane.
-
-    Returns:
-        ``(rows, columns)`` view of ``array``.
-    """
-    if array.ndim != 3:
-        raise ValueError(f"expected an (X, Y, Z) array, got shape {array.shape}")
-    axis = PLANE_AXIS[plane]
-    if not 0 <= index < array.shape[axis]:
-        raise ValueError(f"{plane} slice {index} out of range 0..{array.shape[axis] - 1}")
-    if plane == "axial":
-        return array[::-1, ::-1, index].T
-    if plane == "coronal":
-        return array[::-1, index, ::-1].T
-    return array[index, ::-1, ::-1].T
-
-
-def plane_aspect(spacing: Sequence[float], plane: Plane) -> float:
-    """Row spacing over column spacing of :func:`plane_slice` for voxel ``spacing`` (x, y, z)."""
-    sx, sy, sz = (float(s) for s in spacing)
-    return {"axial": sy / sx, "coronal": sz / sx, "sagittal": sz / sy}[plane]
 
 
 def overlay_mask(
@@ -308,13 +282,6 @@ class VolumeCase:
     spacing: tuple[float, float, float]
 
 
-def _to_ras(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
-
-    transform = ornt_transform(io_orientation(affine), axcodes2ornt(("R", "A", "S")))
-    return np.ascontiguousarray(apply_orientation(array, transform))
-
-
 def load_volume_case(image: Path, mask: Path, ground_truth: Path | None = None) -> VolumeCase:
     """Read a volume case (any format of :mod:`medcl.io.volumes`) and orient it RAS.
 
@@ -326,17 +293,15 @@ def load_volume_case(image: Path, mask: Path, ground_truth: Path | None = None) 
     vol = read_volume(image)
     pred = read_label(mask, vol)
     truth = read_label(ground_truth, vol) if ground_truth is not None else None
-    ras = _to_ras(vol.array, vol.affine)
-    sx, sy, sz = vol.spacing
-    perm = [int(a) for a in np.abs(np.asarray(vol.affine[:3, :3])).argmax(axis=0)]
-    spacing = [0.0, 0.0, 0.0]
-    for axis, world in enumerate(perm):
-        spacing[world] = (sx, sy, sz)[axis]
+
+    def ras(array: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(to_ras(array, vol.affine))
+
     return VolumeCase(
-        image=ras,
-        mask=_to_ras(pred.array, vol.affine),
-        ground_truth=None if truth is None else _to_ras(truth.array, vol.affine),
-        spacing=(spacing[0], spacing[1], spacing[2]),
+        image=ras(vol.array),
+        mask=ras(pred.array),
+        ground_truth=None if truth is None else ras(truth.array),
+        spacing=ras_spacing(vol.affine),
     )
 
 

@@ -1,9 +1,10 @@
 """Volume preprocessing: canonical orientation, resampling, intensity normalisation.
 
-The spatial steps run MONAI's dictionary transforms (``Orientationd``, ``Spacingd``) on
-``MetaTensor`` s, image and label in one call (label with nearest-neighbour interpolation), and
-return new :class:`~medcl.io.volumes.Volume` s whose affines MONAI has updated. The intensity
-steps are pure functions on arrays.
+Reorientation is :func:`medcl.transforms.orientation.reorient_array` (the one reorientation every
+viewer and job uses); resampling runs MONAI's ``Spacingd`` on ``MetaTensor`` s, image and label in
+one call (label with nearest-neighbour interpolation). Both return new
+:class:`~medcl.io.volumes.Volume` s with updated affines. The intensity steps are pure functions on
+arrays.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from pydantic import field_validator, model_validator
 
 from medcl.config import StrictModel
 from medcl.io.volumes import Volume
+from medcl.transforms.orientation import reorient_array
 
 logger = logging.getLogger(__name__)
 
 _AXIS_PAIRS = ({"L", "R"}, {"A", "P"}, {"S", "I"})
-_RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # MONAI: first letter = low end of axis
 
 
 class VolumePreprocessConfig(StrictModel):
@@ -104,14 +105,21 @@ def reorient(
 ) -> tuple[Volume, Volume | None]:
     """Permute/flip the arrays so their axes run along ``axcodes``; world positions unchanged.
 
+    As the MONAI ``Orientationd`` this replaced: the image comes back as float32, the label
+    keeps its dtype.
+
     Returns:
         (image, label) with arrays (X', Y', Z') in the new axis order and updated affines.
     """
-    from monai.transforms import Orientationd
-
-    return _apply_spatial(
-        image, label, lambda keys: Orientationd(keys=keys, axcodes=axcodes, labels=_RAS_LABELS)
+    array, affine = reorient_array(np.asarray(image.array, dtype=np.float32), image.affine, axcodes)
+    new_image = Volume(np.ascontiguousarray(array), affine, image.path, dict(image.meta))
+    if label is None:
+        return new_image, None
+    lab, lab_affine = reorient_array(
+        np.asarray(label.array, dtype=np.float32), label.affine, axcodes
     )
+    values = np.rint(lab).astype(label.array.dtype)
+    return new_image, Volume(np.ascontiguousarray(values), lab_affine, label.path, dict(label.meta))
 
 
 def resample(

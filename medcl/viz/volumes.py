@@ -1,15 +1,20 @@
 """Look at a volume: a summary dict and a three-plane PNG preview with the label overlaid.
 
-The preview first reorients image and label to RAS, then shows the axial, coronal and sagittal
+The preview first reorients image and label to RAS
+(:func:`medcl.transforms.orientation.reorient_array`), then shows the axial, coronal and sagittal
 slices in radiological convention (patient's right on the viewer's left, anterior up in the
-axial view, superior up in the others), with pixel aspect taken from the voxel spacing.
+axial view, superior up in the others), with pixel aspect taken from the voxel spacing. The
+slicing (:func:`plane_slice`, :func:`plane_aspect`) is the review viewer's too, so the preview and
+the viewer show a volume the same way up.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -18,6 +23,11 @@ from medcl.io.volumes import Volume
 logger = logging.getLogger(__name__)
 
 _PERCENTILES = (1.0, 50.0, 99.0)
+
+Plane = Literal["axial", "coronal", "sagittal"]
+PLANES: tuple[Plane, ...] = ("axial", "coronal", "sagittal")
+#: Array axis (of a RAS array) that each plane cuts through.
+PLANE_AXIS: dict[Plane, int] = {"axial": 2, "coronal": 1, "sagittal": 0}
 
 
 def describe_volume(vol: Volume, label: Volume | None = None) -> dict[str, Any]:
@@ -68,14 +78,75 @@ def _class_colours(n: int) -> np.ndarray:
     return np.asarray(table[np.arange(n) % len(table)])
 
 
+def plane_slice(array: np.ndarray, plane: Plane, index: int) -> np.ndarray:
+    """One slice of a RAS-oriented ``(X, Y, Z)`` array, rows top to bottom as displayed.
+
+    axial: rows anterior -> posterior, columns right -> left; coronal: rows superior ->
+    inferior, columns right -> left; sagittal: rows superior -> inferior, columns anterior ->
+    posterior. ``index`` counts along :data:`PLANE_AXIS` of the plane.
+
+    Returns:
+        ``(rows, columns)`` view of ``array``.
+    """
+    if array.ndim != 3:
+        raise ValueError(f"expected an (X, Y, Z) array, got shape {array.shape}")
+    axis = PLANE_AXIS[plane]
+    if not 0 <= index < array.shape[axis]:
+        raise ValueError(f"{plane} slice {index} out of range 0..{array.shape[axis] - 1}")
+    if plane == "axial":
+        return array[::-1, ::-1, index].T
+    if plane == "coronal":
+        return array[::-1, index, ::-1].T
+    return array[index, ::-1, ::-1].T
+
+
+def plane_aspect(spacing: Sequence[float], plane: Plane) -> float:
+    """Row spacing over column spacing of :func:`plane_slice` for voxel ``spacing`` (x, y, z)."""
+    sx, sy, sz = (float(s) for s in spacing)
+    return {"axial": sy / sx, "coronal": sz / sx, "sagittal": sz / sy}[plane]
+
+
 def _planes(array: np.ndarray, centre: tuple[int, int, int]) -> list[np.ndarray]:
-    """Axial, coronal, sagittal slices of a RAS array, oriented for ``imshow(origin="lower")``."""
-    x, y, z = centre
-    return [
-        array[::-1, :, z].T,  # rows P->A (anterior up), columns R->L (radiological)
-        array[::-1, y, :].T,  # rows I->S, columns R->L
-        array[x, ::-1, :].T,  # rows I->S, columns A->P (anterior on the left)
-    ]
+    """Axial, coronal, sagittal slices of a RAS array through ``centre`` (x, y, z), rows bottom
+    to top as for ``imshow(origin="lower")``: :func:`plane_slice` upside down."""
+    return [plane_slice(array, p, centre[PLANE_AXIS[p]])[::-1] for p in PLANES]
+
+
+@dataclass(frozen=True)
+class PreviewPlanes:
+    """What the preview shows: per plane, the image and label slices (rows top to bottom as
+    displayed, :func:`plane_slice`) and the displayed row / column aspect; the grey window (0.5
+    and 99.5 percentiles of the whole volume) and the label classes of the whole label (> 0)."""
+
+    images: dict[Plane, np.ndarray]
+    labels: dict[Plane, np.ndarray] | None
+    aspects: dict[Plane, float]
+    centre: tuple[int, int, int]
+    window: tuple[float, float]
+    classes: np.ndarray
+
+
+def preview_planes(vol: Volume, label: Volume | None = None) -> PreviewPlanes:
+    """The axial, coronal and sagittal slices the preview displays of ``vol`` (and ``label``).
+
+    Both are reoriented to RAS; the planes pass through the label's centre of mass, else the
+    middle of the volume.
+    """
+    from medcl.transforms.volume import reorient
+
+    image, lab = reorient(vol, label, axcodes="RAS")
+    centre = _slice_centre(image.array, None if lab is None else lab.array)
+    index = {plane: centre[PLANE_AXIS[plane]] for plane in PLANES}
+    lo, hi = np.percentile(image.array, (0.5, 99.5))
+    classes = np.zeros(0) if lab is None else np.unique(lab.array[lab.array > 0])
+    return PreviewPlanes(
+        images={p: plane_slice(image.array, p, index[p]) for p in PLANES},
+        labels=None if lab is None else {p: plane_slice(lab.array, p, index[p]) for p in PLANES},
+        aspects={p: plane_aspect(image.spacing, p) for p in PLANES},
+        centre=centre,
+        window=(float(lo), float(hi)),
+        classes=classes,
+    )
 
 
 def render_volume_preview(
@@ -96,40 +167,28 @@ def render_volume_preview(
     from matplotlib.colors import BoundaryNorm, ListedColormap
     from matplotlib.figure import Figure
 
-    from medcl.transforms.volume import reorient
-
-    image, lab = reorient(vol, label, axcodes="RAS")
-    sx, sy, sz = image.spacing
-    centre = _slice_centre(image.array, None if lab is None else lab.array)
-    lo, hi = np.percentile(image.array, (0.5, 99.5))
-    names = ("axial", "coronal", "sagittal")
-    aspects = (sy / sx, sz / sx, sz / sy)  # row spacing / column spacing
-    overlays: list[np.ndarray | None] = [None, None, None]
+    shown = preview_planes(vol, label)
+    lo, hi = shown.window
+    overlays: dict[Plane, np.ndarray | None] = dict.fromkeys(PLANES)
     cmap = norm = None
-    if lab is not None:
-        classes = np.unique(lab.array[lab.array > 0])
+    if shown.labels is not None:
+        classes = shown.classes
         if classes.size:
-            index = np.searchsorted(classes, lab.array) + 1  # 1..K for classes, background masked
-            index[lab.array <= 0] = 0
-            overlays = [np.ma.masked_equal(p, 0) for p in _planes(index, centre)]
             cmap = ListedColormap(_class_colours(classes.size))
             norm = BoundaryNorm(np.arange(0.5, classes.size + 1.5), cmap.N)
+            for p, lab_plane in shown.labels.items():
+                index = np.searchsorted(classes, lab_plane) + 1  # 1..K, background masked
+                index[lab_plane <= 0] = 0
+                overlays[p] = np.ma.masked_equal(index, 0)
     fig = Figure(figsize=(13, 4.8), dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 3)
-    for ax, plane, overlay, aspect, name in zip(
-        axes, _planes(image.array, centre), overlays, aspects, names, strict=True
-    ):
-        ax.imshow(plane, cmap="gray", vmin=lo, vmax=hi, origin="lower", aspect=aspect)
+    for ax, name in zip(axes, PLANES, strict=True):
+        aspect, overlay = shown.aspects[name], overlays[name]
+        ax.imshow(shown.images[name], cmap="gray", vmin=lo, vmax=hi, aspect=aspect)
         if overlay is not None:
             ax.imshow(
-                overlay,
-                cmap=cmap,
-                norm=norm,
-                alpha=0.5,
-                origin="lower",
-                aspect=aspect,
-                interpolation="nearest",
+                overlay, cmap=cmap, norm=norm, alpha=0.5, aspect=aspect, interpolation="nearest"
             )
         ax.set_title(name)
         ax.set_axis_off()

@@ -27,10 +27,11 @@ from tqdm import tqdm
 
 from medcl.config import StrictModel, save_config
 from medcl.errors import InvalidInputError, MedclError
+from medcl.io.geojson import write_geojson
 from medcl.workspace import slug, workspace_root
 from medcl.wsi.coords_io import CoordsAttrs, read_coords, write_coords
 from medcl.wsi.tiling import magnification_to_mpp, plan_tiling, tile_tissue
-from medcl.wsi.tissue import contours_to_geojson, detect_tissue, write_geojson
+from medcl.wsi.tissue import contours_to_geojson, detect_tissue
 
 log = logging.getLogger(__name__)
 

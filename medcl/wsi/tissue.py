@@ -45,6 +45,7 @@ from typing import Any, Literal
 import numpy as np
 
 from medcl.errors import InvalidInputError
+from medcl.io.geojson import write_geojson
 from medcl.wsi.components import (
     component_masks,
     fill_holes,
@@ -283,16 +284,6 @@ def contours_to_geojson(
         for p in contours
     ]
     return {"type": "FeatureCollection", "features": features}
-
-
-def write_geojson(path: str | PathLike[str], geojson: dict[str, Any]) -> Path:
-    """Write ``geojson`` atomically (temp file, then rename); returns the path."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(json.dumps(geojson), encoding="utf-8")
-    tmp.replace(target)
-    return target
 
 
 def read_geojson_polygons(path: str | PathLike[str]) -> list[TissuePolygon]:

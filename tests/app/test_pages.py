@@ -164,10 +164,9 @@ def test_case_shows_model_card_research_notice_and_confidence(seeded: Seeded) ->
 def test_volume_case_without_card_lists_every_structure(seeded: Seeded) -> None:
     at = _open_case(_app(), seeded.case_ids["volume"])
     assert not at.exception and not at.error
-    assert (
-        "No model card: the pipeline did not say what this model was trained on or is for."
-        in [i.value for i in at.info]
-    )
+    assert "No model card: the pipeline did not say what this model was trained on or is for." in [
+        i.value for i in at.info
+    ]
     text = _texts(at)
     assert "Predicted structures=1" in text and "**Predicted structures (1)**" in text
     structures = next(d.value for d in at.dataframe if "structure" in d.value.columns)

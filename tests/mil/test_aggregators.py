@@ -184,3 +184,23 @@ def test_bad_inputs_are_refused() -> None:
         model(torch.zeros(1, 3, 5), torch.ones(1, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="mask must be bool"):
         model(torch.zeros(1, 3, D), torch.ones(1, 3))
+
+
+def test_bad_options_checked_before_building_and_builder_bugs_propagate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from medcl.mil import abmil
+    from medcl.mil.base import AGGREGATORS
+
+    with pytest.raises(ValueError, match=r"bad options for MIL aggregator 'max'.*top_k"):
+        create_aggregator("max", D, topk=3)  # misspelt: the message names the accepted options
+    with pytest.raises(ValueError, match=r"bad options for MIL aggregator 'abmil'.*in_dim"):
+        AGGREGATORS.create("abmil")  # the required in_dim left out
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise TypeError("a bug inside the model's constructor")
+
+    # a TypeError raised while building is a bug there, not "bad options": it propagates
+    monkeypatch.setattr(abmil, "GatedAttentionAggregator", broken)
+    with pytest.raises(TypeError, match="a bug inside the model's constructor"):
+        create_aggregator("abmil", D, hidden_dim=8)

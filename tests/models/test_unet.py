@@ -223,3 +223,14 @@ def test_registry_and_config() -> None:
         UNetConfig(channels=(8,))
     with pytest.raises(ValueError, match="Extra inputs are not permitted"):
         UNetConfig.model_validate({"chanels": (2, 4)})
+
+
+def test_volume_jobs_share_one_default_unet() -> None:
+    from medcl.models.unet import default_volume_unet
+    from medcl.pretrain.finetune import FinetuneSegConfig
+    from medcl.pretrain.volume import VolumePretrainConfig
+
+    default = default_volume_unet()
+    assert VolumePretrainConfig().model == default == FinetuneSegConfig().model
+    assert default.channels == (16, 32, 64, 128) and default.spatial_dims == 2
+    assert (default.global_hidden_dim, default.local_hidden_dim) == (256, 64)
