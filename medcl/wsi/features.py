@@ -25,7 +25,7 @@ from typing import Any, Literal
 import h5py
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset
 
 from medcl.errors import InvalidInputError
 from medcl.io.slides import open_slide
@@ -165,15 +165,54 @@ def _check_slide(slide_path: str | Path, grid: TileGrid, mpp: float | None) -> N
             )
 
 
+class RawTiles(Dataset[tuple[np.ndarray, int]]):
+    """``raw[k] -> (uint8 tile, index)`` for the tiles ``start, start + 1, ...`` of ``dataset``,
+    untransformed: the transform runs once per batch, in :class:`TileBatch`."""
+
+    def __init__(self, dataset: TileDataset, start: int = 0) -> None:
+        self.dataset = dataset
+        self.start = start
+
+    def __len__(self) -> int:
+        return max(0, len(self.dataset) - self.start)
+
+    def __getitem__(self, k: int) -> tuple[np.ndarray, int]:
+        index = self.start + k
+        return self.dataset.read_tile(index), index
+
+
+class TileBatch:
+    """Collate ``[(uint8 tile, index), ...]`` into ``(transformed (B, 3, H, W), indices (B,))``.
+
+    The transform's ``batch`` (see :meth:`~medcl.models.encoder_base.EvalTransform.batch`) makes
+    the whole batch at once when it has one; else each tile is transformed and stacked. Either
+    way on one torch thread: small per-tile torch ops on the default pool spend most of their time
+    handing work between threads (measured 40 ms a tile on 2 threads, 2.3 ms on one). A class,
+    so it pickles into DataLoader workers.
+    """
+
+    def __init__(self, transform: Callable[[np.ndarray], torch.Tensor]) -> None:
+        self.transform = transform
+
+    def __call__(self, items: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        tiles = [tile for tile, _ in items]
+        index = torch.tensor([i for _, i in items], dtype=torch.int64)
+        batch = getattr(self.transform, "batch", None)
+        with torch_threads(1):
+            if batch is not None:
+                return batch(tiles), index
+            return torch.stack([self.transform(tile) for tile in tiles]), index
+
+
 def _loader(
     dataset: TileDataset, start: int, batch_size: int, num_workers: int, device: torch.device
-) -> DataLoader[tuple[torch.Tensor, int]]:
-    subset = Subset(dataset, range(start, len(dataset)))
+) -> DataLoader[tuple[np.ndarray, int]]:
     return DataLoader(
-        subset,
+        RawTiles(dataset, start),
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
+        collate_fn=TileBatch(dataset.transform),
         pin_memory=device.type == "cuda",
         prefetch_factor=4 if num_workers > 0 else None,
     )
@@ -197,14 +236,10 @@ def _main_process_batches(
     dataset: TileDataset, start: int, batch_size: int, pin: bool
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches read and transformed in this process (``num_workers=0``), as the DataLoader
-    makes them, but with one torch thread for the per-tile transform: its small ops on the
-    default thread pool spend most of their time handing work between threads (measured 40 ms
-    a tile on 2 threads, 2.3 ms on one). The forward keeps every thread."""
-    for first in range(start, len(dataset), batch_size):
-        with torch_threads(1):
-            items = [dataset[i] for i in range(first, min(first + batch_size, len(dataset)))]
-            images = torch.stack([image for image, _ in items])
-        index = torch.tensor([i for _, i in items], dtype=torch.int64)
+    makes them (:class:`TileBatch`, one torch thread); the forward keeps every thread."""
+    raw, collate = RawTiles(dataset, start), TileBatch(dataset.transform)
+    for first in range(0, len(raw), batch_size):
+        images, index = collate([raw[k] for k in range(first, min(first + batch_size, len(raw)))])
         yield (images.pin_memory() if pin else images), index
 
 
