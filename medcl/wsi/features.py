@@ -167,7 +167,7 @@ def _check_slide(slide_path: str | Path, grid: TileGrid, mpp: float | None) -> N
 
 class RawTiles(Dataset[tuple[np.ndarray, int]]):
     """``raw[k] -> (uint8 tile, index)`` for the tiles ``start, start + 1, ...`` of ``dataset``,
-    untransformed: the transform runs once per batch, in :class:`TileBatch`."""
+    untransformed: the transform runs once per batch (:func:`transform_tiles`)."""
 
     def __init__(self, dataset: TileDataset, start: int = 0) -> None:
         self.dataset = dataset
@@ -181,38 +181,61 @@ class RawTiles(Dataset[tuple[np.ndarray, int]]):
         return self.dataset.read_tile(index), index
 
 
-class TileBatch:
-    """Collate ``[(uint8 tile, index), ...]`` into ``(transformed (B, 3, H, W), indices (B,))``.
+def transform_tiles(
+    transform: Callable[[np.ndarray], torch.Tensor], tiles: list[np.ndarray]
+) -> torch.Tensor:
+    """``(B, 3, H, W)`` float32: ``tiles`` (uint8 ``(h, w, 3)``) through ``transform``.
 
     The transform's ``batch`` (see :meth:`~medcl.models.encoder_base.EvalTransform.batch`) makes
-    the whole batch at once when it has one; else each tile is transformed and stacked. Either
-    way on one torch thread: small per-tile torch ops on the default pool spend most of their time
-    handing work between threads (measured 40 ms a tile on 2 threads, 2.3 ms on one). A class,
-    so it pickles into DataLoader workers.
+    the whole batch at once when it has one: a table lookup, or a few large torch ops that use
+    the threads of the process (all of them in the main process, one in a loader worker).
+    Otherwise each tile is transformed and stacked on one torch thread: small per-tile torch ops
+    on the default pool spend most of their time handing work between threads (measured 40 ms a
+    tile on 2 threads, 2.3 ms on one). Never under autocast: inputs are prepared in float32.
+    """
+    batch = getattr(transform, "batch", None)
+    with torch.autocast("cpu", enabled=False):
+        if batch is not None:
+            out: torch.Tensor = batch(tiles)
+            return out
+        with torch_threads(1):
+            return torch.stack([transform(tile) for tile in tiles])
+
+
+class TileBatch:
+    """Collate ``[(uint8 tile, index), ...]`` into ``(images, indices (B,))``.
+
+    With a ``transform``, ``images`` is the transformed ``(B, 3, H, W)`` float32 batch
+    (:func:`transform_tiles`); without, the tiles stacked as they were read, ``(B, h, w, 3)``
+    uint8, for the main process to transform (a quarter of the bytes to hand over). A class, so
+    it pickles into DataLoader workers.
     """
 
-    def __init__(self, transform: Callable[[np.ndarray], torch.Tensor]) -> None:
+    def __init__(self, transform: Callable[[np.ndarray], torch.Tensor] | None) -> None:
         self.transform = transform
 
     def __call__(self, items: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor]:
         tiles = [tile for tile, _ in items]
         index = torch.tensor([i for _, i in items], dtype=torch.int64)
-        batch = getattr(self.transform, "batch", None)
-        with torch_threads(1):
-            if batch is not None:
-                return batch(tiles), index
-            return torch.stack([self.transform(tile) for tile in tiles]), index
+        if self.transform is None:
+            return torch.from_numpy(np.stack(tiles)), index
+        return transform_tiles(self.transform, tiles), index
 
 
 def _loader(
-    dataset: TileDataset, start: int, batch_size: int, num_workers: int, device: torch.device
+    dataset: TileDataset,
+    start: int,
+    batch_size: int,
+    num_workers: int,
+    device: torch.device,
+    transform_in_workers: bool,
 ) -> DataLoader[tuple[np.ndarray, int]]:
     return DataLoader(
         RawTiles(dataset, start),
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
-        collate_fn=TileBatch(dataset.transform),
+        collate_fn=TileBatch(dataset.transform if transform_in_workers else None),
         pin_memory=device.type == "cuda",
         prefetch_factor=4 if num_workers > 0 else None,
     )
@@ -236,7 +259,7 @@ def _main_process_batches(
     dataset: TileDataset, start: int, batch_size: int, pin: bool
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches read and transformed in this process (``num_workers=0``), as the DataLoader
-    makes them (:class:`TileBatch`, one torch thread); the forward keeps every thread."""
+    makes them (:class:`TileBatch`)."""
     raw, collate = RawTiles(dataset, start), TileBatch(dataset.transform)
     for first in range(0, len(raw), batch_size):
         images, index = collate([raw[k] for k in range(first, min(first + batch_size, len(raw)))])
@@ -267,7 +290,8 @@ def extract_features(
         encoder: moved to ``device`` and put in eval mode; tiles go through its
             ``eval_transform``.
         batch_size, num_workers: of the tile DataLoader (workers read tiles in parallel; with
-            0, tiles are read and transformed here on one torch thread, between forwards).
+            0, here). Tiles are transformed a batch at a time (:func:`transform_tiles`): here,
+            between forwards, on the CPU; in the workers when ``device`` is an accelerator.
         precision: ``"fp32"``, or autocast to ``"fp16"`` / ``"bf16"`` (features stored float32).
         flush_every: batches between flushes of the partial file (and its ``n_done``).
         max_batches: stop after this many batches, leaving a resumable partial file.
@@ -308,8 +332,12 @@ def extract_features(
                 else nullcontext()
             )
             features = f["features"]
+            # On the CPU the workers only read: the transform then runs here, between forwards,
+            # on the forward's own threads, instead of in workers whose threads compete with
+            # the forward's for the same cores. With an accelerator the workers transform too.
+            in_workers = dev.type != "cpu"
             batches_in: Iterable[tuple[torch.Tensor, torch.Tensor]] = (
-                _loader(dataset, n_done, batch_size, num_workers, dev)
+                _loader(dataset, n_done, batch_size, num_workers, dev, in_workers)
                 if num_workers > 0
                 else _main_process_batches(dataset, n_done, batch_size, dev.type == "cuda")
             )
@@ -319,6 +347,8 @@ def extract_features(
                         break
                     if int(index[0]) != n_done:  # the loader must keep the coords order
                         raise RuntimeError(f"tile {int(index[0])} arrived, {n_done} expected")
+                    if images.dtype == torch.uint8:  # read by the workers, transformed here
+                        images = transform_tiles(dataset.transform, list(images.numpy()))
                     emb = encoder(images.to(dev, non_blocking=True)).float().cpu().numpy()
                     features.resize(n_done + len(emb), axis=0)
                     features[n_done:] = emb

@@ -373,6 +373,34 @@ def test_uint8_table_path_is_the_float_path_bit_for_bit(
         assert torch.equal(transform(tile), want)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    ("shape", "spec"),
+    [
+        ((224, 224, 3), TransformSpec(interpolation="bicubic", crop_pct=0.875)),  # timm resnet18
+        ((100, 90, 4), TransformSpec(size=(64, 64))),  # bilinear, antialiased shrink, RGBA
+        ((40, 40, 3), TransformSpec(size=(64, 64), interpolation="nearest")),
+    ],
+)
+def test_batched_resize_is_each_tile_on_its_own(
+    shape: tuple[int, int, int], spec: TransformSpec, threads: int
+) -> None:
+    transform = EvalTransform(spec)
+    rng = np.random.default_rng(2)
+    tiles = [rng.integers(0, 256, size=shape, dtype=np.uint8) for _ in range(5)]
+    assert transform._crop_only(tiles[0]) is None  # these need resizing
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        batch = transform.batch(tiles)
+    finally:
+        torch.set_num_threads(before)
+    expected = torch.stack([_float_path(spec, t) for t in tiles])
+    assert batch.shape == (5, 3, *spec.size) and batch.is_contiguous()
+    assert torch.equal(batch, expected)
+    assert torch.equal(batch[3], transform(tiles[3]))
+
+
 def test_table_path_is_taken_only_when_nothing_is_resized() -> None:
     transform = EvalTransform(TransformSpec(size=(8, 8)))
     tile = np.zeros((8, 8, 3), np.uint8)

@@ -319,10 +319,10 @@ def reference_features(
 def test_tiles_are_transformed_once_per_batch_with_the_same_features(
     slide: Path, image: np.ndarray, grid: tuple[np.ndarray, Path], tmp_path: Path
 ) -> None:
-    """Workers hand over untransformed tiles; the batch is normalised at once by the transform's
-    ``batch`` (on one torch thread), with 0 and 1 loader workers alike."""
+    """Tiles are transformed a batch at a time by the transform's ``batch``; on the CPU in the
+    main process (a worker only reads), with the same features for 0 and 1 loader workers."""
     from medcl.models.encoder_base import EvalTransform
-    from medcl.wsi.features import RawTiles, TileBatch
+    from medcl.wsi.features import RawTiles, TileBatch, transform_tiles
 
     coords, coords_path = grid
     model = create_encoder("open_clip:medcl-tiny-vit").eval()
@@ -342,7 +342,8 @@ def test_tiles_are_transformed_once_per_batch_with_the_same_features(
             feats[workers] = f["features"][()]
     np.testing.assert_array_equal(feats[0], feats[1])
     np.testing.assert_allclose(feats[0], reference(image, coords, model), atol=1e-5)
-    assert calls == [(4, 1), (4, 1), (4, 1), (2, 1)]  # the main process's; the worker's are its own
+    # on the CPU the main process transforms, with 0 and with 1 worker (which only reads)
+    assert [n for n, _ in calls] == [4, 4, 4, 2] * 2
     ds = TileDataset(
         slide, coords, level=0, read_size=TILE, patch_size=TILE, transform=model.eval_transform
     )
@@ -354,4 +355,7 @@ def test_tiles_are_transformed_once_per_batch_with_the_same_features(
     batch, index = TileBatch(model.eval_transform)([raw[0], raw[1]])
     assert index.tolist() == [12, 13]
     assert torch.equal(batch[1], model.eval_transform(raw[1][0]))
+    tiles, index = TileBatch(None)([raw[0], raw[1]])  # what a CPU run's workers hand over
+    assert tiles.dtype == torch.uint8 and tiles.shape == (2, TILE, TILE, 3)
+    assert torch.equal(transform_tiles(model.eval_transform, list(tiles.numpy())), batch)
     ds.close()
