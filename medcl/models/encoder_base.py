@@ -189,9 +189,9 @@ class EvalTransform:
 
         RGB(A) ``uint8`` arrays that need no resizing (tiles cut at the encoder's input size) are
         normalised by a 256-entry table per channel, written straight into the batch (numpy, no
-        float image per tile). Equal-shaped ``uint8`` arrays that need resizing are resized and
-        normalised as one batch: a few large torch ops, which use the thread pool well, instead
-        of several small ones per tile, which do not. The numbers are the same either way.
+        float image per tile). Equal-shaped ``uint8`` arrays that need resizing are scaled to
+        ``[0, 1]`` by a table, then resized and normalised as one batch (a few large torch ops
+        instead of several small ones per tile). The numbers are the same either way.
         """
         crops = [self._crop_only(im) for im in images]
         if crops and all(c is not None for c in crops):

@@ -187,19 +187,20 @@ def transform_tiles(
     """``(B, 3, H, W)`` float32: ``tiles`` (uint8 ``(h, w, 3)``) through ``transform``.
 
     The transform's ``batch`` (see :meth:`~medcl.models.encoder_base.EvalTransform.batch`) makes
-    the whole batch at once when it has one: a table lookup, or a few large torch ops that use
-    the threads of the process (all of them in the main process, one in a loader worker).
-    Otherwise each tile is transformed and stacked on one torch thread: small per-tile torch ops
-    on the default pool spend most of their time handing work between threads (measured 40 ms a
-    tile on 2 threads, 2.3 ms on one). Never under autocast: inputs are prepared in float32.
+    the whole batch at once when it has one (a table lookup, or one resize of the whole batch);
+    otherwise each tile is transformed and the results stacked. Always on one torch thread: small
+    per-tile torch ops on the default pool spend most of their time handing work between threads
+    (measured 40 ms a tile on 2 threads, 2.3 ms on one), and even the batched resize was slower
+    on 2 threads than on 1 on the busy 2-core machine (7.5 against 5.7 ms a tile, read included),
+    where a second thread waits for a core the forward or another job holds. Never under
+    autocast: inputs are prepared in float32.
     """
     batch = getattr(transform, "batch", None)
-    with torch.autocast("cpu", enabled=False):
+    with torch.autocast("cpu", enabled=False), torch_threads(1):
         if batch is not None:
             out: torch.Tensor = batch(tiles)
             return out
-        with torch_threads(1):
-            return torch.stack([transform(tile) for tile in tiles])
+        return torch.stack([transform(tile) for tile in tiles])
 
 
 class TileBatch:
@@ -290,8 +291,9 @@ def extract_features(
         encoder: moved to ``device`` and put in eval mode; tiles go through its
             ``eval_transform``.
         batch_size, num_workers: of the tile DataLoader (workers read tiles in parallel; with
-            0, here). Tiles are transformed a batch at a time (:func:`transform_tiles`): here,
-            between forwards, on the CPU; in the workers when ``device`` is an accelerator.
+            0, here). Tiles are transformed a batch at a time on one thread
+            (:func:`transform_tiles`): here, between forwards, on the CPU; in the workers when
+            ``device`` is an accelerator.
         precision: ``"fp32"``, or autocast to ``"fp16"`` / ``"bf16"`` (features stored float32).
         flush_every: batches between flushes of the partial file (and its ``n_done``).
         max_batches: stop after this many batches, leaving a resumable partial file.
@@ -332,9 +334,9 @@ def extract_features(
                 else nullcontext()
             )
             features = f["features"]
-            # On the CPU the workers only read: the transform then runs here, between forwards,
-            # on the forward's own threads, instead of in workers whose threads compete with
-            # the forward's for the same cores. With an accelerator the workers transform too.
+            # On the CPU the workers only read: the transform then runs here, between forwards
+            # (one thread), instead of in workers that compete with the forward's threads for
+            # the same cores while it runs. With an accelerator the workers transform too.
             in_workers = dev.type != "cpu"
             batches_in: Iterable[tuple[torch.Tensor, torch.Tensor]] = (
                 _loader(dataset, n_done, batch_size, num_workers, dev, in_workers)
