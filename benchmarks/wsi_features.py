@@ -12,9 +12,10 @@ level 0 of the slide, the first ``--max-tiles`` of them), with the same batch si
 * **bare**: the encoder's forward over the tiles already read, transformed and stacked in memory,
   under ``torch.inference_mode`` (and the same autocast as ``--precision``): the ceiling.
 * **ours**: :func:`medcl.wsi.features.extract_features`, end to end: slide reads in a DataLoader
-  with each of ``--num-workers`` (default 0, 1 and 2) workers, the encoder's ``eval_transform``,
-  the forward and the HDF5 writes of the resumable bag file (worker start-up included).
-  Tiles/s from the call's own wall time.
+  with each of ``--num-workers`` (default 0, 1 and 2) workers, the encoder's ``eval_transform``
+  (on the CPU a batch at a time in the main process on one thread, between forwards; the
+  workers only read), the forward and the HDF5 writes of the resumable bag file (worker
+  start-up included). Tiles/s from the call's own wall time.
 
 ``ratio`` = ours / bare, bare being the mean of the bare runs just before and just after (the
 issue's target: >= 0.9 for ``timm:resnet18`` at 224 px with 0, 1 and 2 workers); ``max diff``

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+# browser and PostgreSQL tests may not skip silently under CI (see tests/skip_guard.py)
+pytest_plugins = ("skip_guard",)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 

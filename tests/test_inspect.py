@@ -137,3 +137,21 @@ def test_demo_on_real_data(data_root: Path, tmp_path: Path) -> None:
     assert dicom["shape"] == [512, 512, 20]
     for r in results:
         _png_ok(r.preview)
+
+
+def test_inspect_prints_and_stores_the_affine(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import nibabel as nib
+
+    affine = np.array(
+        [[-0.8, 0.0, 0.0, 120.5], [0.0, 0.8, 0.0, -98.25], [0.0, 0.0, 2.5, 33.0], [0, 0, 0, 1]]
+    )
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(np.arange(6 * 5 * 4, dtype=np.int16).reshape(6, 5, 4), affine), path)
+    assert main(["data", "inspect", str(path), "--out", str(tmp_path / "out")]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out.split("\npreview:")[0])
+    stored = json.loads((tmp_path / "out" / "summary.json").read_text())
+    expected = affine.tolist()
+    assert printed["affine"] == stored["affine"] == expected
+    assert stored["spacing"] == [0.8, 0.8, 2.5] and stored["orientation"] == "LAS"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -16,6 +18,9 @@ from medcl.errors import MedclError
 
 APP = Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py"
 HOST = "127.0.0.1"
+DEFAULT_PORT = 8501
+
+log = logging.getLogger(__name__)
 
 
 def add_parser(sub: Any) -> None:
@@ -37,7 +42,9 @@ def add_parser(sub: Any) -> None:
         help="few training steps (default); --no-quick trains longer on more data",
     )
     p.add_argument("--no-serve", action="store_true", help="stop after the import (no app)")
-    p.add_argument("--port", type=int, default=8501, help="app port on 127.0.0.1 (8501)")
+    p.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"app port on 127.0.0.1 ({DEFAULT_PORT})"
+    )
     p.add_argument(
         "--db",
         default=None,
@@ -56,6 +63,12 @@ def _demo(args: argparse.Namespace) -> int:
     cfg = resolve_config(DemoConfig, args, {})
     ws = workspace_root(args.workspace)
     root = data_root(args.data_root)
+    if root is None:
+        log.warning(
+            "no data root: the demo runs on small synthetic stand-ins written to %s, not on real "
+            "data; point it at real data with --data-root DIR (or MEDCL_DATA=DIR)",
+            ws / "synthetic",
+        )
     results = run_demo(cfg, workspace=ws, data_root=root)
     print(f"{'kind':8} {'input':60} preview")
     for res in results:
@@ -72,16 +85,50 @@ def _demo(args: argparse.Namespace) -> int:
         for err in errors:
             print(f"  {err}")
     print(f"\nworkspace: {ws}")
+    print(f"data: {data_note(ws, root)}")
     print(f"review store: {summary.db_url}")
     url = f"http://{HOST}:{args.port}"
-    print(f"review app: {url}")
+    if args.no_serve:
+        print(f"review app: not started (--no-serve); to serve it on {url} run")
+        print(f"  {serve_command(args, ws, root)}")
+    else:
+        print(f"review app: {url}")
     for login in summary.logins:
         note = "" if login.created else " (existing account; password as first set)"
         print(f"  login {login.username} / {login.password}  ({login.role}){note}")
     if args.no_serve:
-        print(f"serve it with: medcl demo --workspace {ws}  (or drop --no-serve)")
         return 0
     return serve_app(ws, root, args.db or os.environ.get("MEDCL_REVIEW_DB"), args.port)
+
+
+def data_note(workspace: Path, root: Path | None) -> str:
+    """What the demo ran on, for its summary: the data root, or a plain synthetic notice."""
+    if root is not None:
+        return str(root)
+    return (
+        f"SYNTHETIC stand-ins in {workspace / 'synthetic'} (no --data-root or MEDCL_DATA); "
+        "the cases are made up, not real scans, slides or images. For the real sample data: "
+        "medcl demo --data-root DIR, or MEDCL_DATA=DIR make demo"
+    )
+
+
+def serve_command(args: argparse.Namespace, workspace: Path, root: Path | None) -> str:
+    """The ``medcl demo`` command that serves what this run built (same workspace, data,
+    settings and store; its finished stages are skipped), shell-quoted."""
+    cmd = ["medcl", "demo", "--workspace", str(workspace)]
+    if root is not None:
+        cmd += ["--data-root", str(root)]
+    if not args.quick:
+        cmd.append("--no-quick")
+    if args.config is not None:
+        cmd += ["--config", str(Path(args.config).resolve())]
+    for override in args.overrides:
+        cmd += ["--set", override]
+    if args.db:
+        cmd += ["--db", args.db]
+    if args.port != DEFAULT_PORT:
+        cmd += ["--port", str(args.port)]
+    return shlex.join(cmd)
 
 
 def serve_app(workspace: Path, data_root: Path | None, db_url: str | None, port: int) -> int:

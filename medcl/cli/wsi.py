@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,9 @@ def add_tile_command(cmds: Any) -> argparse.ArgumentParser:
             "For each slide of a folder (recursive, by extension) or a CSV (slide[,mpp]) writes "
             "a thumbnail, a tissue mask, QuPath GeoJSON contours and patches/<stem>.h5 into "
             "<workspace>/wsi/<job>/<settings>/; finished slides are skipped, a slide that fails "
-            "is recorded in status.csv and the others go on. Exit code 1 when any slide failed."
+            "is recorded in status.csv and the others go on. Exit code 2 when slides were refused "
+            "for bad input (unreadable, over the size limits, no mpp; one line each on stderr), "
+            "1 when any slide failed otherwise."
         ),
     )
     p.add_argument("--slides", type=Path, default=None, help="slide folder or CSV (slide,mpp)")
@@ -66,4 +69,19 @@ def run_tile(args: argparse.Namespace) -> int:
     cfg = resolve_config(TileJobConfig, args, flags)
     summary = run_tile_job(cfg, workspace=args.workspace)
     print_summary(summary)
-    return 1 if summary["failed"] else 0
+    return tile_exit_code(summary)
+
+
+def tile_exit_code(summary: dict[str, Any]) -> int:
+    """0 when no slide failed; 2 when every failure was a refused input (each printed as one
+    ``medcl: error:`` line on stderr, naming the file); 1 when any failure was unexpected."""
+    failures: dict[str, str] = summary["failures"]
+    refused = [path for path in summary["refused"] if path in failures]
+    for path in refused:
+        message = failures[path]
+        print(
+            f"medcl: error: {message if path in message else f'{path}: {message}'}", file=sys.stderr
+        )
+    if not failures:
+        return 0
+    return 2 if len(refused) == len(failures) else 1

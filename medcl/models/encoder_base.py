@@ -115,6 +115,14 @@ def to_float_chw(image: Any) -> torch.Tensor:
     return t[:3].contiguous()
 
 
+def resized_shape(h: int, w: int, size: tuple[int, int], crop_pct: float = 1.0) -> tuple[int, int]:
+    """``(height, width)`` :func:`resize_center_crop` resizes an ``h x w`` image to before its
+    centre crop (``(h, w)`` itself when it only crops)."""
+    th, tw = size
+    scale = max(th / crop_pct / h, tw / crop_pct / w)
+    return max(th, round(h * scale)), max(tw, round(w * scale))
+
+
 def resize_center_crop(
     image: torch.Tensor, size: tuple[int, int], interpolation: str, crop_pct: float = 1.0
 ) -> torch.Tensor:
@@ -122,30 +130,30 @@ def resize_center_crop(
 
     Parameters
     ----------
-    image : (C, H, W) float tensor
+    image : (C, H, W) or (B, C, H, W) float tensor
     size : (height, width) of the output
 
     Returns
     -------
-    (C, height, width) float tensor
+    (C, height, width) or (B, C, height, width) float tensor; a batch gives the same numbers as
+    each image on its own
     """
-    _, h, w = image.shape
+    h, w = image.shape[-2:]
     th, tw = size
-    scale = max(th / crop_pct / h, tw / crop_pct / w)
-    nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
+    nh, nw = resized_shape(h, w, size, crop_pct)
     if (nh, nw) != (h, w):
         smooth = interpolation != "nearest"
         image = F.interpolate(
-            image[None],
+            image if image.ndim == 4 else image[None],
             size=(nh, nw),
             mode=interpolation,
             align_corners=False if smooth else None,
             antialias=smooth and (nh < h or nw < w),
-        )[0]
+        ).view(*image.shape[:-2], nh, nw)
         if interpolation == "bicubic":  # cubic kernels overshoot; stay in the input's range
             image = image.clamp(0.0, 1.0)
     top, left = (nh - th) // 2, (nw - tw) // 2
-    return image[:, top : top + th, left : left + tw]
+    return image[..., top : top + th, left : left + tw]
 
 
 class EvalTransform:
@@ -158,11 +166,79 @@ class EvalTransform:
         self.spec = spec
         self._mean = torch.tensor(spec.mean, dtype=torch.float32).view(3, 1, 1)
         self._std = torch.tensor(spec.std, dtype=torch.float32).view(3, 1, 1)
+        # (3, 256) float32: what the float path gives each uint8 value of each channel, with the
+        # same float32 operations in the same order ((v / 255 - mean) / std), so the table
+        # lookup below is bit for bit the float path
+        self._unit = np.arange(256, dtype=np.float32) / np.float32(255.0)  # uint8 -> [0, 1]
+        mean = np.asarray(spec.mean, dtype=np.float32)[:, None]
+        std = np.asarray(spec.std, dtype=np.float32)[:, None]
+        self._table = (self._unit[None, :] - mean) / std
 
     def __call__(self, image: Any) -> torch.Tensor:
+        crop = self._crop_only(image)
+        if crop is not None:
+            out = np.empty((1, 3, *self.spec.size), dtype=np.float32)
+            self._lookup(crop, out[0])
+            return torch.from_numpy(out[0])
         t = to_float_chw(image)
         t = resize_center_crop(t, self.spec.size, self.spec.interpolation, self.spec.crop_pct)
         return (t - self._mean) / self._std
+
+    def batch(self, images: Sequence[Any]) -> torch.Tensor:
+        """``torch.stack([self(im) for im in images])``, made as one ``(B, 3, H, W)`` batch.
+
+        RGB(A) ``uint8`` arrays that need no resizing (tiles cut at the encoder's input size) are
+        normalised by a 256-entry table per channel, written straight into the batch (numpy, no
+        float image per tile). Equal-shaped ``uint8`` arrays that need resizing are scaled to
+        ``[0, 1]`` by a table, then resized and normalised as one batch (a few large torch ops
+        instead of several small ones per tile). The numbers are the same either way.
+        """
+        crops = [self._crop_only(im) for im in images]
+        if crops and all(c is not None for c in crops):
+            out = np.empty((len(crops), 3, *self.spec.size), dtype=np.float32)
+            for k, crop in enumerate(crops):
+                assert crop is not None
+                self._lookup(crop, out[k])
+            return torch.from_numpy(out)
+        shapes = {im.shape if isinstance(im, np.ndarray) else None for im in images}
+        first = images[0] if len(images) else None
+        if (
+            len(shapes) == 1
+            and isinstance(first, np.ndarray)
+            and first.dtype == np.uint8
+            and first.ndim == 3
+            and first.shape[2] in (3, 4)
+        ):
+            # the float path's own operations, on the whole batch: uint8 / 255 in float32 (a
+            # table of the 256 quotients, written straight in (B, 3, H, W) order), resize and
+            # crop, then (x - mean) / std
+            h, w = first.shape[:2]
+            arr = np.empty((len(images), 3, h, w), dtype=np.float32)
+            for k, im in enumerate(images):
+                for c in range(3):
+                    np.take(self._unit, im[:, :, c], out=arr[k, c], mode="clip")
+            t = resize_center_crop(
+                torch.from_numpy(arr), self.spec.size, self.spec.interpolation, self.spec.crop_pct
+            )
+            return ((t - self._mean) / self._std).contiguous()
+        return torch.stack([self(im) for im in images])
+
+    def _crop_only(self, image: Any) -> np.ndarray | None:
+        """``image`` centre-cropped to ``spec.size`` when it is an ``(H, W, 3|4)`` uint8 array
+        that :func:`resize_center_crop` would only crop; else ``None`` (the float path)."""
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3:
+            return None
+        h, w, c = image.shape
+        if c not in (3, 4) or resized_shape(h, w, self.spec.size, self.spec.crop_pct) != (h, w):
+            return None
+        th, tw = self.spec.size
+        top, left = (h - th) // 2, (w - tw) // 2
+        return image[top : top + th, left : left + tw]
+
+    def _lookup(self, crop: np.ndarray, out: np.ndarray) -> None:
+        """Write the normalised ``(3, H, W)`` float32 of ``crop`` ``(H, W, 3|4)`` into ``out``."""
+        for c in range(3):
+            np.take(self._table[c], crop[:, :, c], out=out[c], mode="clip")
 
     def __repr__(self) -> str:
         return f"EvalTransform({self.spec})"

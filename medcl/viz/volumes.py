@@ -34,7 +34,8 @@ def describe_volume(vol: Volume, label: Volume | None = None) -> dict[str, Any]:
     """A JSON-friendly summary of ``vol`` (and of ``label``'s classes).
 
     Returns:
-        ``path, shape, spacing, orientation, dtype, modality, min, max, mean, percentiles``
+        ``path, shape, spacing, orientation, affine`` (the 4 x 4 voxel -> RAS+ mm matrix as rows,
+        rounded to 6 decimals), ``dtype, modality, min, max, mean, percentiles``
         (``{"p1": .., "p50": .., "p99": ..}``) and, with a label, ``label_classes``
         (``{class value: voxel count}``, background included).
     """
@@ -45,6 +46,7 @@ def describe_volume(vol: Volume, label: Volume | None = None) -> dict[str, Any]:
         "shape": list(vol.shape),
         "spacing": [round(s, 4) for s in vol.spacing],
         "orientation": vol.orientation,
+        "affine": [[round(float(v), 6) + 0.0 for v in row] for row in vol.affine],
         "dtype": str(vol.array.dtype),
         "modality": vol.modality,
         "min": float(values.min()),

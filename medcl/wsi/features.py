@@ -25,7 +25,7 @@ from typing import Any, Literal
 import h5py
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset
 
 from medcl.errors import InvalidInputError
 from medcl.io.slides import open_slide
@@ -165,15 +165,78 @@ def _check_slide(slide_path: str | Path, grid: TileGrid, mpp: float | None) -> N
             )
 
 
+class RawTiles(Dataset[tuple[np.ndarray, int]]):
+    """``raw[k] -> (uint8 tile, index)`` for the tiles ``start, start + 1, ...`` of ``dataset``,
+    untransformed: the transform runs once per batch (:func:`transform_tiles`)."""
+
+    def __init__(self, dataset: TileDataset, start: int = 0) -> None:
+        self.dataset = dataset
+        self.start = start
+
+    def __len__(self) -> int:
+        return max(0, len(self.dataset) - self.start)
+
+    def __getitem__(self, k: int) -> tuple[np.ndarray, int]:
+        index = self.start + k
+        return self.dataset.read_tile(index), index
+
+
+def transform_tiles(
+    transform: Callable[[np.ndarray], torch.Tensor], tiles: list[np.ndarray]
+) -> torch.Tensor:
+    """``(B, 3, H, W)`` float32: ``tiles`` (uint8 ``(h, w, 3)``) through ``transform``.
+
+    The transform's ``batch`` (see :meth:`~medcl.models.encoder_base.EvalTransform.batch`) makes
+    the whole batch at once when it has one (a table lookup, or one resize of the whole batch);
+    otherwise each tile is transformed and the results stacked. Always on one torch thread: small
+    per-tile torch ops on the default pool spend most of their time handing work between threads
+    (measured 40 ms a tile on 2 threads, 2.3 ms on one), and even the batched resize was slower
+    on 2 threads than on 1 on the busy 2-core machine (7.5 against 5.7 ms a tile, read included),
+    where a second thread waits for a core the forward or another job holds. Never under
+    autocast: inputs are prepared in float32.
+    """
+    batch = getattr(transform, "batch", None)
+    with torch.autocast("cpu", enabled=False), torch_threads(1):
+        if batch is not None:
+            out: torch.Tensor = batch(tiles)
+            return out
+        return torch.stack([transform(tile) for tile in tiles])
+
+
+class TileBatch:
+    """Collate ``[(uint8 tile, index), ...]`` into ``(images, indices (B,))``.
+
+    With a ``transform``, ``images`` is the transformed ``(B, 3, H, W)`` float32 batch
+    (:func:`transform_tiles`); without, the tiles stacked as they were read, ``(B, h, w, 3)``
+    uint8, for the main process to transform (a quarter of the bytes to hand over). A class, so
+    it pickles into DataLoader workers.
+    """
+
+    def __init__(self, transform: Callable[[np.ndarray], torch.Tensor] | None) -> None:
+        self.transform = transform
+
+    def __call__(self, items: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        tiles = [tile for tile, _ in items]
+        index = torch.tensor([i for _, i in items], dtype=torch.int64)
+        if self.transform is None:
+            return torch.from_numpy(np.stack(tiles)), index
+        return transform_tiles(self.transform, tiles), index
+
+
 def _loader(
-    dataset: TileDataset, start: int, batch_size: int, num_workers: int, device: torch.device
-) -> DataLoader[tuple[torch.Tensor, int]]:
-    subset = Subset(dataset, range(start, len(dataset)))
+    dataset: TileDataset,
+    start: int,
+    batch_size: int,
+    num_workers: int,
+    device: torch.device,
+    transform_in_workers: bool,
+) -> DataLoader[tuple[np.ndarray, int]]:
     return DataLoader(
-        subset,
+        RawTiles(dataset, start),
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
+        collate_fn=TileBatch(dataset.transform if transform_in_workers else None),
         pin_memory=device.type == "cuda",
         prefetch_factor=4 if num_workers > 0 else None,
     )
@@ -197,14 +260,10 @@ def _main_process_batches(
     dataset: TileDataset, start: int, batch_size: int, pin: bool
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches read and transformed in this process (``num_workers=0``), as the DataLoader
-    makes them, but with one torch thread for the per-tile transform: its small ops on the
-    default thread pool spend most of their time handing work between threads (measured 40 ms
-    a tile on 2 threads, 2.3 ms on one). The forward keeps every thread."""
-    for first in range(start, len(dataset), batch_size):
-        with torch_threads(1):
-            items = [dataset[i] for i in range(first, min(first + batch_size, len(dataset)))]
-            images = torch.stack([image for image, _ in items])
-        index = torch.tensor([i for _, i in items], dtype=torch.int64)
+    makes them (:class:`TileBatch`)."""
+    raw, collate = RawTiles(dataset, start), TileBatch(dataset.transform)
+    for first in range(0, len(raw), batch_size):
+        images, index = collate([raw[k] for k in range(first, min(first + batch_size, len(raw)))])
         yield (images.pin_memory() if pin else images), index
 
 
@@ -232,7 +291,9 @@ def extract_features(
         encoder: moved to ``device`` and put in eval mode; tiles go through its
             ``eval_transform``.
         batch_size, num_workers: of the tile DataLoader (workers read tiles in parallel; with
-            0, tiles are read and transformed here on one torch thread, between forwards).
+            0, here). Tiles are transformed a batch at a time on one thread
+            (:func:`transform_tiles`): here, between forwards, on the CPU; in the workers when
+            ``device`` is an accelerator.
         precision: ``"fp32"``, or autocast to ``"fp16"`` / ``"bf16"`` (features stored float32).
         flush_every: batches between flushes of the partial file (and its ``n_done``).
         max_batches: stop after this many batches, leaving a resumable partial file.
@@ -273,8 +334,12 @@ def extract_features(
                 else nullcontext()
             )
             features = f["features"]
+            # On the CPU the workers only read: the transform then runs here, between forwards
+            # (one thread), instead of in workers that compete with the forward's threads for
+            # the same cores while it runs. With an accelerator the workers transform too.
+            in_workers = dev.type != "cpu"
             batches_in: Iterable[tuple[torch.Tensor, torch.Tensor]] = (
-                _loader(dataset, n_done, batch_size, num_workers, dev)
+                _loader(dataset, n_done, batch_size, num_workers, dev, in_workers)
                 if num_workers > 0
                 else _main_process_batches(dataset, n_done, batch_size, dev.type == "cuda")
             )
@@ -284,6 +349,8 @@ def extract_features(
                         break
                     if int(index[0]) != n_done:  # the loader must keep the coords order
                         raise RuntimeError(f"tile {int(index[0])} arrived, {n_done} expected")
+                    if images.dtype == torch.uint8:  # read by the workers, transformed here
+                        images = transform_tiles(dataset.transform, list(images.numpy()))
                     emb = encoder(images.to(dev, non_blocking=True)).float().cpu().numpy()
                     features.resize(n_done + len(emb), axis=0)
                     features[n_done:] = emb

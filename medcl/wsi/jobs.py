@@ -257,7 +257,12 @@ def tile_slide(entry: SlideEntry, cfg: TileJobConfig, out: Path) -> tuple[str, i
 def run_tile_job(
     cfg: TileJobConfig, *, workspace: str | Path | None = None, progress: bool = True
 ) -> dict[str, Any]:
-    """Tile every slide of ``cfg.slides``; returns a summary dict (counts, tiles, failures)."""
+    """Tile every slide of ``cfg.slides``; returns a summary dict (counts, tiles, failures).
+
+    ``failures`` maps every failed slide to its message; ``refused`` lists those of them that
+    failed because of the input (a :class:`~medcl.errors.MedclError`: unreadable, larger than the
+    size limits, no mpp, a duplicate name), as opposed to an unexpected error.
+    """
     if cfg.slides is None:
         raise InvalidInputError("--slides", "no slide folder or CSV given")
     source = cfg.slides.resolve()
@@ -271,6 +276,7 @@ def run_tile_job(
     rows = _read_status(status_path)
     counts = {"ok": 0, "empty": 0, "failed": 0, "skipped": 0}
     failures: dict[str, str] = {}
+    refused: list[str] = []  # failures caused by the input (unreadable, too large, no mpp...)
     empty: list[str] = []
     seen: dict[str, Path] = {}
     n_tiles = 0
@@ -279,10 +285,11 @@ def run_tile_job(
         name, stem = entry.path.name, entry.path.stem
         coords_file = out / "patches" / f"{stem}.h5"
         if stem in seen:
-            state, n, message = "failed", 0, f"same name as {seen[stem]}; rename one of them"
-            rows[f"{name} ({entry.path.parent})"] = _row(name, state, n, 0.0, message)
+            message = f"{entry.path}: same name as {seen[stem]}; rename one of them"
+            rows[f"{name} ({entry.path.parent})"] = _row(name, "failed", 0, 0.0, message)
             counts["failed"] += 1
             failures[str(entry.path)] = message
+            refused.append(str(entry.path))
             continue
         seen[stem] = entry.path
         if coords_file.is_file():
@@ -293,16 +300,21 @@ def run_tile_job(
                 rows[name] = _row(name, "ok" if n else "empty", n, 0.0, "")
             continue
         t0 = time.perf_counter()
+        bad_input = False
         try:
             state, n, message = tile_slide(entry, cfg, out)
-        except MedclError as exc:
-            state, n, message = "failed", 0, str(exc)
+        except MedclError as exc:  # the slide itself is refused: a one-line reason
+            state, n, message, bad_input = "failed", 0, str(exc), True
         except Exception as exc:  # one bad slide must not stop the others
             log.exception("%s: unexpected error while tiling", entry.path)
             state, n, message = "failed", 0, f"{type(exc).__name__}: {exc}"
         seconds = time.perf_counter() - t0
         if state == "failed":
-            log.error("%s: tiling failed: %s", entry.path, message)
+            if bad_input:  # the caller reports these, one line each
+                refused.append(str(entry.path))
+                log.info("tiling refused: %s", message)
+            else:
+                log.error("%s: tiling failed: %s", entry.path, message)
             failures[str(entry.path)] = message
         elif state == "empty":
             log.warning("%s: %s", entry.path, message)
@@ -322,6 +334,7 @@ def run_tile_job(
         "seconds": round(time.perf_counter() - start, 2),
         "empty_slides": empty,
         "failures": failures,
+        "refused": refused,
     }
 
 

@@ -16,7 +16,13 @@ import torch
 from PIL import Image
 
 from medcl.errors import InvalidInputError
-from medcl.models.encoder_base import EvalTransform, TransformSpec, resize_center_crop
+from medcl.models.encoder_base import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    EvalTransform,
+    TransformSpec,
+    resize_center_crop,
+)
 from medcl.models.encoder_weights import match_state_dict, read_encoder_file
 from medcl.models.encoders import Encoder, create_encoder, list_encoders, save_encoder
 
@@ -334,6 +340,76 @@ def test_mean_colour_image_maps_to_zero(name: str) -> None:
     pil = Image.fromarray(np.round(exact * 255).astype(np.uint8))
     out8 = EvalTransform(spec)(pil)  # uint8 rounding: at most 0.5 / 255 / std
     assert out8.shape == (3, *spec.size) and out8.abs().max() < 0.5 / 255 / min(spec.std) + 1e-6
+
+
+def _float_path(spec: TransformSpec, image: np.ndarray) -> torch.Tensor:
+    """The transform as plain float ops: scale to [0, 1], resize / crop, normalise."""
+    t = torch.from_numpy(image[..., :3].astype(np.float32) / np.float32(255.0)).permute(2, 0, 1)
+    t = resize_center_crop(t.contiguous(), spec.size, spec.interpolation, spec.crop_pct)
+    mean, std = torch.tensor(spec.mean).view(3, 1, 1), torch.tensor(spec.std).view(3, 1, 1)
+    return (t - mean) / std
+
+
+@pytest.mark.parametrize(
+    ("shape", "crop_pct"),
+    [((224, 224, 3), 1.0), ((230, 224, 4), 1.0), ((64, 70, 3), 1.0), ((256, 256, 3), 0.875)],
+)
+def test_uint8_table_path_is_the_float_path_bit_for_bit(
+    shape: tuple[int, int, int], crop_pct: float
+) -> None:
+    """Tiles at the input size (or only cropped to it) take the 256-entry table; the numbers are
+    exactly those of the float path, one tile or a batch; others take the float path."""
+    size = (224, 224) if shape[0] > 100 else (64, 64)
+    spec = TransformSpec(mean=IMAGENET_MEAN, std=IMAGENET_STD, size=size, crop_pct=crop_pct)
+    transform = EvalTransform(spec)
+    rng = np.random.default_rng(1)
+    tiles = [rng.integers(0, 256, size=shape, dtype=np.uint8) for _ in range(3)]
+    expected = torch.stack([_float_path(spec, t) for t in tiles])
+    batch = transform.batch(tiles)
+    assert batch.shape == (3, 3, *size) and batch.dtype == torch.float32
+    assert batch.is_contiguous()
+    assert torch.equal(batch, expected)
+    for tile, want in zip(tiles, batch, strict=True):
+        assert torch.equal(transform(tile), want)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    ("shape", "spec"),
+    [
+        ((224, 224, 3), TransformSpec(interpolation="bicubic", crop_pct=0.875)),  # timm resnet18
+        ((100, 90, 4), TransformSpec(size=(64, 64))),  # bilinear, antialiased shrink, RGBA
+        ((40, 40, 3), TransformSpec(size=(64, 64), interpolation="nearest")),
+    ],
+)
+def test_batched_resize_is_each_tile_on_its_own(
+    shape: tuple[int, int, int], spec: TransformSpec, threads: int
+) -> None:
+    transform = EvalTransform(spec)
+    rng = np.random.default_rng(2)
+    tiles = [rng.integers(0, 256, size=shape, dtype=np.uint8) for _ in range(5)]
+    assert transform._crop_only(tiles[0]) is None  # these need resizing
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        batch = transform.batch(tiles)
+    finally:
+        torch.set_num_threads(before)
+    expected = torch.stack([_float_path(spec, t) for t in tiles])
+    assert batch.shape == (5, 3, *spec.size) and batch.is_contiguous()
+    assert torch.equal(batch, expected)
+    assert torch.equal(batch[3], transform(tiles[3]))
+
+
+def test_table_path_is_taken_only_when_nothing_is_resized() -> None:
+    transform = EvalTransform(TransformSpec(size=(8, 8)))
+    tile = np.zeros((8, 8, 3), np.uint8)
+    assert transform._crop_only(tile) is not None
+    assert transform._crop_only(np.zeros((8, 10, 3), np.uint8)) is not None  # crop only
+    assert transform._crop_only(np.zeros((16, 16, 3), np.uint8)) is None  # resized
+    assert transform._crop_only(tile.astype(np.float32)) is None
+    assert transform._crop_only(np.zeros((8, 8), np.uint8)) is None  # grey: float path
+    assert EvalTransform(TransformSpec(size=(8, 8), crop_pct=0.5))._crop_only(tile) is None
 
 
 def test_eval_transform_accepts_grey_and_rgba() -> None:

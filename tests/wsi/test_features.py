@@ -314,3 +314,49 @@ def reference_features(
     ds = TileDataset(slide, coords, level=0, read_size=TILE, patch_size=TILE, transform=transform)
     with torch.inference_mode():
         return model(torch.stack([ds[i][0] for i in range(len(coords))])).numpy()
+
+
+def test_tiles_are_transformed_once_per_batch_with_the_same_features(
+    slide: Path, image: np.ndarray, grid: tuple[np.ndarray, Path], tmp_path: Path
+) -> None:
+    """Tiles are transformed a batch at a time by the transform's ``batch``; on the CPU in the
+    main process (a worker only reads), with the same features for 0 and 1 loader workers."""
+    from medcl.models.encoder_base import EvalTransform
+    from medcl.wsi.features import RawTiles, TileBatch, transform_tiles
+
+    coords, coords_path = grid
+    model = create_encoder("open_clip:medcl-tiny-vit").eval()
+    calls: list[tuple[int, int]] = []
+
+    class CountingTransform(EvalTransform):
+        def batch(self, images: Any) -> torch.Tensor:
+            calls.append((len(images), torch.get_num_threads()))
+            return super().batch(images)
+
+    model.eval_transform = CountingTransform(model.spec)
+    feats = {}
+    for workers in (0, 1):
+        out = tmp_path / f"bag{workers}.h5"
+        extract_features(slide, coords_path, out, model, batch_size=4, num_workers=workers)
+        with h5py.File(out, "r") as f:
+            feats[workers] = f["features"][()]
+    np.testing.assert_array_equal(feats[0], feats[1])
+    np.testing.assert_allclose(feats[0], reference(image, coords, model), atol=1e-5)
+    # on the CPU the main process transforms, on one thread, with 0 and with 1 worker (which
+    # only reads)
+    assert calls == [(4, 1), (4, 1), (4, 1), (2, 1)] * 2
+    ds = TileDataset(
+        slide, coords, level=0, read_size=TILE, patch_size=TILE, transform=model.eval_transform
+    )
+    raw = RawTiles(ds, start=12)
+    assert len(raw) == 2 and raw[1][1] == 13
+    np.testing.assert_array_equal(
+        raw[0][0], image[coords[12][1] :][:TILE, coords[12][0] :][:, :TILE]
+    )
+    batch, index = TileBatch(model.eval_transform)([raw[0], raw[1]])
+    assert index.tolist() == [12, 13]
+    assert torch.equal(batch[1], model.eval_transform(raw[1][0]))
+    tiles, index = TileBatch(None)([raw[0], raw[1]])  # what a CPU run's workers hand over
+    assert tiles.dtype == torch.uint8 and tiles.shape == (2, TILE, TILE, 3)
+    assert torch.equal(transform_tiles(model.eval_transform, list(tiles.numpy())), batch)
+    ds.close()

@@ -171,10 +171,13 @@ def test_cli_tile_command(
         ]
     )  # fmt: skip
     t0 = time.perf_counter()
-    assert args.func(args) == 1  # broken.svs failed
+    assert args.func(args) == 2  # broken.svs was refused (not a readable slide)
     assert time.perf_counter() - t0 < 10
-    printed = capsys.readouterr().out
+    printed, err = capsys.readouterr()
     assert "ok: 2" in printed and "failed: 1" in printed
+    # one error line for the refused slide (log lines, such as the blank slide's warning, aside)
+    (line,) = [line for line in err.splitlines() if line.startswith("medcl: error:")]
+    assert line.startswith(f"medcl: error: {slide_dir / 'broken.svs'}: not a readable slide")
     assert read_coords(tmp_path / "o" / "patches" / "a.h5").attrs.target_mpp == 0.5
 
 
@@ -213,3 +216,57 @@ def test_thumbnail_level_reads_a_close_pyramid_level_as_is() -> None:
     synthetic = [(40000, 40000), (20000, 20000), (10000, 10000), (5000, 5000), (2500, 2500)]
     assert thumbnail_level(synthetic, 2048) is None  # no level in [1024, 2048)
     assert thumbnail_level([(3000, 2000), (1500, 1000), (750, 500)], 2000) == 1
+
+
+def test_cli_exit_2_for_refused_inputs_with_one_line_each(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from medcl.cli import main
+    from medcl.testing.lying_headers import write_lying_tiff
+
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    write_lying_tiff(folder / "lie.tif", 100_000, 100_000)
+    (folder / "notes.svs").write_text("patient list, not a slide\n")
+    image, _ = synthetic_tissue_image(256, 256, seed=3, n_blobs=2)
+    write_pyramidal_tiff(folder / "good.tif", image, levels=1, tile=128, compression="zlib")
+    args = ["--mpp", "0.5", "--patch-size", "64", "--set", "tissue.min_tissue_area_um2=100"]
+    code = main(["wsi", "tile", "--slides", str(folder), *args, "--out", str(tmp_path / "o")])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert "ok: 1" in out and "failed: 2" in out
+    lines = [line for line in err.splitlines() if line.startswith("medcl: error:")]
+    assert len(lines) == 2, err
+    assert lines[0].startswith(f"medcl: error: {folder / 'lie.tif'}: ")
+    assert "100000 x 100000 px" in lines[0]
+    assert lines[1].startswith(f"medcl: error: {folder / 'notes.svs'}: not a readable slide")
+    assert "Traceback" not in err
+
+
+def test_cli_exit_1_when_a_slide_fails_unexpectedly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from medcl.cli import main
+    from medcl.wsi import jobs
+
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    (folder / "notes.svs").write_text("not a slide\n")
+    image, _ = synthetic_tissue_image(256, 256, seed=3, n_blobs=2)
+    write_pyramidal_tiff(folder / "good.tif", image, levels=1, tile=128, compression="zlib")
+    real = jobs.tile_slide
+
+    def flaky(entry: jobs.SlideEntry, *rest: object) -> tuple[str, int, str]:
+        if entry.path.name == "good.tif":
+            raise RuntimeError("disk on fire")
+        return real(entry, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(jobs, "tile_slide", flaky)
+    argv = ["wsi", "tile", "--slides", str(folder), "--mpp", "0.5", "--out", str(tmp_path / "o")]
+    assert main(argv) == 1  # a bug or an environment problem, not the input: not exit 2
+    _, err = capsys.readouterr()
+    status = read_status(tmp_path / "o")
+    assert status["good.tif"]["message"] == "RuntimeError: disk on fire"
+    errors = [line for line in err.splitlines() if line.startswith("medcl: error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"medcl: error: {folder / 'notes.svs'}: ")
+    assert "good.tif: tiling failed: RuntimeError: disk on fire" in err  # logged with traceback
