@@ -1,13 +1,13 @@
 """``medcl wsi extract``: tile features for a tiling job (one process, or torchrun for many GPUs).
 
-``add_extract_command(wsi_sub)`` adds the sub-command to the ``medcl wsi`` group;
-``python -m medcl.wsi.features ...`` runs :func:`main` with the same options.
+``add_extract_command(wsi_sub)`` adds the sub-command to the ``medcl wsi`` group; many processes
+run it as ``torchrun --nproc_per_node N -m medcl wsi extract ...`` (errors and exit codes are the
+``medcl`` entry point's).
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,25 +65,3 @@ def run_extract(args: argparse.Namespace) -> int:
     if is_rank_zero():
         print_summary(summary)
     return 1 if summary["failed"] else 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m medcl.wsi.features [options]``: the ``extract`` command on its own."""
-    import sys
-
-    import torch
-
-    from medcl.errors import MedclError
-    from medcl.logging_utils import setup_logging
-
-    parser = argparse.ArgumentParser(prog="python -m medcl.wsi.features")
-    parser.add_argument("-v", "--verbose", action="count", default=0)
-    _add_arguments(parser)
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
-    torch.set_flush_denormal(True)  # as the medcl CLI: denormal weights slow CPU inference
-    try:
-        return run_extract(args)
-    except MedclError as exc:
-        print(f"medcl: error: {exc}", file=sys.stderr)
-        return exc.exit_code

@@ -381,11 +381,3 @@ def extract_features(
         tmp.replace(out)  # atomic: a file at out_path is always finished
         logger.info("%s: %d tiles, %.1f tiles/s", out.name, n, result.tiles_per_s)
     return result
-
-
-if __name__ == "__main__":  # pragma: no cover - exercised through a subprocess in the tests
-    import sys
-
-    from medcl.cli.wsi_extract import main
-
-    sys.exit(main())

@@ -167,7 +167,7 @@ def test_two_processes_write_the_one_process_features(slides: Path, tmp_path: Pa
     assert run_extract_job(cfg)["ok"] == 3
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    cmd += ["-m", "medcl.wsi.features", "--job", str(ddp), "--encoder", ENCODER]
+    cmd += ["-m", "medcl", "wsi", "extract", "--job", str(ddp), "--encoder", ENCODER]
     cmd += ["--slides", str(slides), "--device", "cpu", "--num-workers", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
