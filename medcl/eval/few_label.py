@@ -29,7 +29,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -191,7 +191,10 @@ def _pretrain(
     pre.train = pre.train.model_copy(update={"seed": cfg.pretrain_seed})
     pre.global_stage = pre.global_stage.model_copy(update={"loss": method.global_loss})
     pre.local_stage = pre.local_stage.model_copy(update={"enabled": method.local})
-    key = pre.model_dump(mode="json", exclude={"name", "out_dir"})
+    exclude: dict[str, Any] = {"name": True, "out_dir": True}
+    if pre.local_stage.loss == "local":  # the default, from before losses were chosen by name:
+        exclude["local_stage"] = {"loss"}  # left out so earlier runs keep their folders
+    key = pre.model_dump(mode="json", exclude=exclude)
     global_key = {**key, "local_stage": None}
     out = root / "pretrain" / f"{slug(method.name)}_{settings_hash(key)}"
     weights = out / "pretrained.pt"
@@ -234,7 +237,10 @@ def _finetune(
     )
     ft.init = str(weights) if weights is not None else "random"
     ft.train = ft.train.model_copy(update={"seed": seed})
-    key = ft.model_dump(mode="json", exclude={"name", "out_dir"})
+    ft_exclude: dict[str, Any] = {"name": True, "out_dir": True}
+    if ft.early_stopping.min_steps == 0:  # the default, from before it existed: earlier runs
+        ft_exclude["early_stopping"] = {"min_steps"}  # keep their folders
+    key = ft.model_dump(mode="json", exclude=ft_exclude)
     out = root / "finetune" / slug(method) / f"n{n}_seed{seed}_{settings_hash(key)}"
     done = out / "metrics.json"
     if not done.is_file():
