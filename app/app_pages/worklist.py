@@ -28,6 +28,7 @@ user = require_user()
 store = get_store()
 st.title("Worklist")
 options = service.filter_options(store, user)
+model_names = service.model_display_names(store)
 cols = st.columns([1, 1, 1, 1, 2, 1.4])
 chosen: dict[str, str | None] = {}
 for col, name in zip(cols[:4], ("status", "kind", "model", "site"), strict=True):
@@ -36,6 +37,8 @@ for col, name in zip(cols[:4], ("status", "kind", "model", "site"), strict=True)
         [ALL, *options.get(name, [])],
         key=f"worklist_{name}",
         on_change=_reset_page,
+        # option labels are shown as text, never as Markdown
+        format_func=(lambda v: model_names.get(v, v)) if name == "model" else str,
     )
     chosen[name] = None if value == ALL else value
 search = cols[4].text_input("Search case key", key="worklist_search", on_change=_reset_page)

@@ -247,6 +247,28 @@ def filter_options(store: Store, user: UserInfo) -> dict[str, list[str]]:
         }
 
 
+def model_display_names(store: Store) -> dict[str, str]:
+    """``{model: name for people}`` for the worklist's model filter: the display name of the
+    model card of each model's newest prediction, ``"<display name> (<model>)"`` so two
+    models with one display name stay apart; the model's own name without a card."""
+    with store.session() as session:
+        newest = (
+            select(Prediction.model, func.max(Prediction.id).label("pid"))
+            .group_by(Prediction.model)
+            .subquery()
+        )
+        rows = session.execute(
+            select(Prediction.model, Prediction.artifacts).join(
+                newest, Prediction.id == newest.c.pid
+            )
+        ).all()
+    out: dict[str, str] = {}
+    for model, artifacts in rows:
+        card = card_of(artifacts)
+        out[model] = f"{card.display_name} ({model})" if card is not None else model
+    return out
+
+
 def reviews_of(session: Session, case_id: int) -> list[ReviewInfo]:
     """The case's reviews, newest first."""
     rows = session.execute(

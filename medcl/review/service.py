@@ -44,6 +44,7 @@ from medcl.review.queries import (
     filter_options,
     list_cases,
     load_detail,
+    model_display_names,
     reviews_of,
 )
 
@@ -67,6 +68,7 @@ __all__ = [
     "import_predictions",
     "list_cases",
     "list_extra_labels",
+    "model_display_names",
     "remove_extra_label",
     "resolve_artifact",
     "set_blind_review",

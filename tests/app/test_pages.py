@@ -70,6 +70,20 @@ def test_login_wrong_password_then_right(seeded: Seeded) -> None:
     assert "Signed in as **alice** (reviewer)" in [c.value for c in at.sidebar.caption]
 
 
+def test_worklist_model_filter_shows_names_for_people(seeded: Seeded) -> None:
+    at = _app()
+    box = at.selectbox(key="worklist_model")
+    # the card's display name with the pipeline's name; a model without a card by its own name
+    assert box.options == [
+        "(all)",
+        f"{SLIDE_CARD['display_name']} (abmil)",
+        "Lesion retrieval vote (lmm)",
+        "unet",
+    ]
+    box.set_value("abmil").run()
+    assert _links(at) == [plain(CASE_KEYS["slide"])]
+
+
 def test_worklist_lists_filters_and_sorts(seeded: Seeded) -> None:
     at = _app()
     # default sort: most uncertain first (slide 0.45, retrieval 0.30, volume 0.10)
