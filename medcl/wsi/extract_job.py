@@ -133,7 +133,15 @@ def _find_slide(
 
 
 def build_encoder(cfg: ExtractConfig) -> Encoder:
-    """The configured encoder; randomly initialised weights come from ``cfg.seed``."""
+    """The configured encoder; randomly initialised weights come from ``cfg.seed``.
+
+    Tiles are cut at the encoder's input size (or ``cfg.image_size``) and fed whole: the
+    preprocessing keeps the encoder's normalisation and interpolation but no centre crop
+    (``crop_pct=1.0``). A library's eval transform for photographs (timm's resnet18: resize to
+    256, crop 224) would resample every tile and drop its outer 12.5% on each side, so tissue at
+    a tile's border would never be seen; CLAM feeds its 224 px tiles whole too. The spec used is
+    in the feature settings, so a changed transform gets its own folder.
+    """
     torch.manual_seed(cfg.seed)
     try:
         encoder = create_encoder(
@@ -141,9 +149,8 @@ def build_encoder(cfg: ExtractConfig) -> Encoder:
         )
     except ValueError as exc:  # unknown name or option: a config problem, shown in one line
         raise ConfigError("encoder", "encoder", str(exc)) from None
-    if cfg.image_size is not None:
-        size = (cfg.image_size, cfg.image_size)
-        encoder.set_spec(replace(encoder.spec, size=size, crop_pct=1.0))
+    size = encoder.spec.size if cfg.image_size is None else (cfg.image_size, cfg.image_size)
+    encoder.set_spec(replace(encoder.spec, size=size, crop_pct=1.0))
     return encoder
 
 

@@ -242,3 +242,19 @@ def test_a_folder_with_other_or_unknown_settings_is_refused(slides: Path, tmp_pa
     (out / "settings.json").unlink()  # features of an older medcl: how they were made is unknown
     with pytest.raises(InvalidInputError, match=r"holds outputs but no settings\.json"):
         run_extract_job(cfg)
+
+
+def test_job_feeds_tiles_whole_without_a_centre_crop() -> None:
+    """timm's resnet18 eval transform resizes to 256 and crops 224; the job keeps every pixel."""
+    encoder = build_encoder(ExtractConfig(job=Path("."), encoder="timm:resnet18"))
+    assert encoder.spec.size == (224, 224) and encoder.spec.crop_pct == 1.0
+    tile = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    x = encoder.eval_transform(tile)
+    mean = torch.tensor(encoder.spec.mean).view(3, 1, 1)
+    std = torch.tensor(encoder.spec.std).view(3, 1, 1)
+    expected = (torch.from_numpy(tile).permute(2, 0, 1).float() / 255 - mean) / std
+    torch.testing.assert_close(x, expected)  # the tile itself, border included
+    resized = build_encoder(
+        ExtractConfig(job=Path("."), encoder="timm:resnet18", image_size=96)
+    ).spec
+    assert resized.size == (96, 96) and resized.crop_pct == 1.0
