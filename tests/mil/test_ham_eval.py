@@ -78,3 +78,57 @@ def test_table_has_one_line_per_encoder_and_row() -> None:
     text = table(rows)
     assert "| enc | mean | 0.810 ± 0.025 | 0.700 ± 0.000 | 0.600 ± 0.000 | 3 |" in text
     assert "| enc | ins | 0.900 ± 0.000 | 0.950 ± 0.000 | 0.800 ± 0.000 | 1 |" in text
+
+
+def test_row_settings_follow_what_changes_each_row(tmp_path: Path) -> None:
+    from medcl.mil.ham_eval import row_settings
+
+    ckpt = tmp_path / "enc.pt"
+    ckpt.write_bytes(b"first weights")
+    enc = f"medcl:{ckpt}"
+    cfg = MILHamEvalConfig.model_validate({"encoders": [enc]})
+    base = {r: row_settings(cfg, enc, r) for r in ("mean", "ins", "ins_e2e", "oracle")}
+    ins_changed = cfg.model_copy(update={"train_per_aggregator": {"ins": {"ins": {"epochs": 3}}}})
+    assert row_settings(ins_changed, enc, "ins") != base["ins"]
+    assert row_settings(ins_changed, enc, "mean") == base["mean"]  # INS options are INS's only
+    ckpt.write_bytes(b"retrained weights")  # the same name, other weights
+    assert row_settings(cfg, enc, "mean") != base["mean"]
+    assert row_settings(cfg, enc, "ins_e2e") == base["ins_e2e"]  # its encoder is e2e.encoder
+    bags = cfg.model_copy(update={"bags": cfg.bags.model_copy(update={"n_train": 10})})
+    assert row_settings(bags, enc, "oracle") != row_settings(cfg, enc, "oracle")
+
+
+def test_cached_rows_are_reused_only_with_their_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import medcl.mil.ham_eval as ham_eval
+
+    feats, labels, groups = _data(200)
+    monkeypatch.setattr(ham_eval, "embed_images", lambda *a, **k: (feats, labels, groups))
+    calls: list[tuple[str, int]] = []
+
+    def fake_run_one(cfg: MILHamEvalConfig, encoder: str, row: str, seed: int, *a: object,
+                     **k: object) -> MILRow:  # fmt: skip
+        calls.append((row, seed))
+        return MILRow(encoder, row, seed, 0.8, 0.7, 0.6, 0.5, 1)
+
+    monkeypatch.setattr(ham_eval, "run_one", fake_run_one)
+    cfg = MILHamEvalConfig.model_validate(
+        {"encoders": ["enc"], "rows": ["mean", "ins"], "seeds": [0], "out_dir": tmp_path}
+    )
+    ham_eval.run_mil_ham_eval(cfg, data_root=tmp_path)
+    assert calls == [("mean", 0), ("ins", 0)]
+    ham_eval.run_mil_ham_eval(cfg, data_root=tmp_path)
+    assert len(calls) == 2  # same settings: both reused
+    changed = cfg.model_copy(update={"train_per_aggregator": {"ins": {"ins": {"epochs": 3}}}})
+    rows, _ = ham_eval.run_mil_ham_eval(changed, data_root=tmp_path)
+    assert calls[2:] == [("ins", 0)]  # only the row whose settings changed
+    stored = pd.read_csv(tmp_path / "results.csv", dtype={"settings": str})
+    assert set(stored.settings) == {r.settings for r in rows} and "" not in set(stored.settings)
+    # a results.csv of an older medcl (no settings column) is never trusted
+    stored.drop(columns="settings").to_csv(tmp_path / "results.csv", index=False)
+    ham_eval.run_mil_ham_eval(changed, data_root=tmp_path)
+    assert calls[3:] == [("mean", 0), ("ins", 0)]
+    # the report-only table leaves out rows of other settings
+    _, text = ham_eval.run_mil_ham_eval(cfg.model_copy(update={"report_only": True}))
+    assert "| enc | mean |" in text and "| enc | ins |" not in text

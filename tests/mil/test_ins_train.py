@@ -94,3 +94,23 @@ def test_pseudo_label_accuracy_by_hand() -> None:
     conf = torch.tensor([[1.0, 0.0]] * 4 + [[0.2, 0.8], [0.9, 0.1], [0.9, 0.1]] + [[0.1, 0.9]] * 2)
     # positive-bag instances: truth 1,1,0,0,0; argmax 1,0,0,1,1 -> 2 of 5 right
     assert pseudo_label_accuracy(conf, table) == pytest.approx(2 / 5)
+
+
+@pytest.mark.parametrize(("mode", "warm_seen"), [("positive_bags", {4, 5, 6, 7, 8}), ("all", None)])
+def test_warmup_instance_epochs_see_positive_bags_only_as_the_reference(
+    monkeypatch: pytest.MonkeyPatch, mode: str, warm_seen: set[int] | None
+) -> None:
+    import medcl.mil.ins_train as ins_train
+
+    seen: dict[bool, set[int]] = {True: set(), False: set()}
+    step = ins_train.ins_instance_step
+
+    def recording(*args: object, **kwargs: object) -> object:
+        seen[bool(kwargs["warm"])].update(args[3].tolist())  # type: ignore[attr-defined]
+        return step(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ins_train, "ins_instance_step", recording)
+    opts = INSOptions(epochs=2, warmup_epochs=1, batch_size=3, warmup_instances=mode)  # type: ignore[arg-type]
+    fit_ins(_model(), _bags(), None, opts, n_classes=2, seed=0)
+    assert seen[True] == (warm_seen if warm_seen is not None else set(range(9)))
+    assert seen[False] == set(range(9))  # after the warm-up every instance trains
