@@ -132,3 +132,13 @@ def test_cached_rows_are_reused_only_with_their_settings(
     # the report-only table leaves out rows of other settings
     _, text = ham_eval.run_mil_ham_eval(cfg.model_copy(update={"report_only": True}))
     assert "| enc | mean |" in text and "| enc | ins |" not in text
+
+
+def test_committed_config_uses_the_registry_offline_encoder() -> None:
+    from medcl.config import load_config
+    from medcl.models.encoders import PRETRAINED_ENCODER
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "eval" / "mil_ham.yaml"
+    cfg = load_config(MILHamEvalConfig, path)
+    assert cfg.encoders[0] == PRETRAINED_ENCODER and cfg.e2e.encoder == PRETRAINED_ENCODER
+    assert set(cfg.rows) == {"mean", "max", "abmil", "transmil", "ins", "ins_e2e", "oracle"}
