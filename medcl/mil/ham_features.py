@@ -9,7 +9,6 @@ rebuilt, with a log line, when the settings differ.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import replace
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from medcl.engine.checkpoint import file_sha256
 from medcl.eval.features import extract_features
 from medcl.io.image_selection import ImageViewsDataset, PatchDataConfig, load_filtered_image_set
 from medcl.io.images import read_image
@@ -41,11 +41,7 @@ def encoder_digest(name: str) -> str | None:
     path = Path(name.split(":", 1)[1])
     if not path.is_file():
         return None  # create_encoder names the missing file
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def _settings(**values: object) -> str:
