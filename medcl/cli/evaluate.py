@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,16 @@ from medcl.cli.common import (
     resolve_config,
     resolved_data_root,
 )
+
+#: the evaluations that write a README table: command -> (module, config class, run function);
+#: each module is imported only when its command runs (``medcl --help`` stays light)
+TABLE_EVALS: dict[str, tuple[str, str, str]] = {
+    "volume-ssl": ("medcl.eval.volume_ssl", "VolumeSSLEvalConfig", "run_volume_ssl_eval"),
+    "few-label": ("medcl.eval.few_label", "FewLabelEvalConfig", "run_few_label_eval"),
+    "patch-ssl": ("medcl.eval.patch_ssl", "PatchSSLEvalConfig", "run_patch_ssl_eval"),
+    "patch-da": ("medcl.eval.patch_da", "PatchDAEvalConfig", "run_patch_da_eval"),
+    "mil-ham": ("medcl.mil.ham_eval", "MILHamEvalConfig", "run_mil_ham_eval"),
+}
 
 
 def add_parser(sub: Any) -> None:
@@ -28,7 +39,7 @@ def add_parser(sub: Any) -> None:
         ),
     )
     add_evaluation_args(p, "volume-ssl")
-    p.set_defaults(func=_volume_ssl)
+    p.set_defaults(func=_table_eval, table_eval="volume-ssl")
 
     fl = cmds.add_parser(
         "few-label",
@@ -41,7 +52,7 @@ def add_parser(sub: Any) -> None:
         ),
     )
     add_evaluation_args(fl, "few-label")
-    fl.set_defaults(func=_few_label)
+    fl.set_defaults(func=_table_eval, table_eval="few-label")
 
     sg = cmds.add_parser(
         "seg",
@@ -90,7 +101,7 @@ def add_parser(sub: Any) -> None:
         help="random init vs SimCLR vs SupCon, k-NN and linear probe over seeds",
     )
     add_evaluation_args(ps, "patch-ssl")
-    ps.set_defaults(func=_patch_ssl)
+    ps.set_defaults(func=_table_eval, table_eval="patch-ssl")
 
     pd_ = cmds.add_parser(
         "patch-da",
@@ -98,7 +109,7 @@ def add_parser(sub: Any) -> None:
         "site; random init vs ImageNet vs ImageNet + SimCLR on both sites' unlabelled images",
     )
     add_evaluation_args(pd_, "patch-da")
-    pd_.set_defaults(func=_patch_da)
+    pd_.set_defaults(func=_table_eval, table_eval="patch-da")
 
     mh = cmds.add_parser(
         "mil-ham",
@@ -106,29 +117,7 @@ def add_parser(sub: Any) -> None:
         "instance AUC over seeds",
     )
     add_evaluation_args(mh, "mil-ham")
-    mh.set_defaults(func=_mil_ham)
-
-
-def _volume_ssl(args: argparse.Namespace) -> int:
-    from medcl.eval.volume_ssl import VolumeSSLEvalConfig, run_volume_ssl_eval
-
-    cfg = resolve_config(VolumeSSLEvalConfig, args, {"out_dir": args.out_dir})
-    _, table = run_volume_ssl_eval(
-        cfg, workspace=args.workspace, data_root=resolved_data_root(args), readme=args.readme
-    )
-    print(table)
-    return 0
-
-
-def _few_label(args: argparse.Namespace) -> int:
-    from medcl.eval.few_label import FewLabelEvalConfig, run_few_label_eval
-
-    cfg = resolve_config(FewLabelEvalConfig, args, {"out_dir": args.out_dir})
-    _, table = run_few_label_eval(
-        cfg, workspace=args.workspace, data_root=resolved_data_root(args), readme=args.readme
-    )
-    print(table)
-    return 0
+    mh.set_defaults(func=_table_eval, table_eval="mil-ham")
 
 
 def _seg(args: argparse.Namespace) -> int:
@@ -158,33 +147,12 @@ def _probe(args: argparse.Namespace) -> int:
     return 0
 
 
-def _patch_ssl(args: argparse.Namespace) -> int:
-    from medcl.eval.patch_ssl import PatchSSLEvalConfig, run_patch_ssl_eval
-
-    cfg = resolve_config(PatchSSLEvalConfig, args, {"out_dir": args.out_dir})
-    _, table = run_patch_ssl_eval(
-        cfg, workspace=args.workspace, data_root=resolved_data_root(args), readme=args.readme
-    )
-    print(table)
-    return 0
-
-
-def _patch_da(args: argparse.Namespace) -> int:
-    from medcl.eval.patch_da import PatchDAEvalConfig, run_patch_da_eval
-
-    cfg = resolve_config(PatchDAEvalConfig, args, {"out_dir": args.out_dir})
-    _, table = run_patch_da_eval(
-        cfg, workspace=args.workspace, data_root=resolved_data_root(args), readme=args.readme
-    )
-    print(table)
-    return 0
-
-
-def _mil_ham(args: argparse.Namespace) -> int:
-    from medcl.mil.ham_eval import MILHamEvalConfig, run_mil_ham_eval
-
-    cfg = resolve_config(MILHamEvalConfig, args, {"out_dir": args.out_dir})
-    _, table = run_mil_ham_eval(
+def _table_eval(args: argparse.Namespace) -> int:
+    """Run one of :data:`TABLE_EVALS` from its config and print its table."""
+    module_name, config_name, run_name = TABLE_EVALS[args.table_eval]
+    module = importlib.import_module(module_name)
+    cfg = resolve_config(getattr(module, config_name), args, {"out_dir": args.out_dir})
+    _, table = getattr(module, run_name)(
         cfg, workspace=args.workspace, data_root=resolved_data_root(args), readme=args.readme
     )
     print(table)
