@@ -116,6 +116,7 @@ class RunRow:
     seconds: float
     fresh: bool = True
     patients: list[str] = field(default_factory=list)
+    run_dir: Path | None = None
 
 
 def _frames_of(
@@ -268,6 +269,7 @@ def _finetune(
         float(saved.get("seconds", math.nan)),
         fresh,
         list(saved.get("patients", ids)),
+        out,
     )
 
 
@@ -333,6 +335,7 @@ def run_few_label_eval(
     _write_csv(rows, names, root / "results.csv")
     _plot_results(rows, [m.name for m in cfg.methods], cfg.labelled, root / "results.png")
     plot_pretrain_curves(root / "pretrain", root / "pretrain_curves.png")
+    plot_validation_curves(rows, [m.name for m in cfg.methods], root / "validation_curves.png")
     if readme is not None:
         fresh = sum(r.fresh for r in rows)
         note = (
@@ -477,6 +480,51 @@ def _plot_results(rows: list[RunRow], methods: list[str], counts: list[int], pat
     ax.set_ylabel("mean Dice (test patients)")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def read_validation_curve(run_dir: Path) -> dict[int, float]:
+    """``step -> validation Dice`` of one fine-tuning run (empty without ``validation.csv``)."""
+    file = run_dir / "validation.csv"
+    if not file.is_file():
+        return {}
+    with file.open(newline="") as fh:
+        return {int(r["step"]): float(r["score"]) for r in csv.DictReader(fh)}
+
+
+def plot_validation_curves(rows: list[RunRow], methods: list[str], path: Path) -> None:
+    """Validation Dice against fine-tuning step, mean over seeds, one panel per labelled count.
+
+    Shows whether a pretrained start is ahead early and whether random init catches up by the
+    end of the budget (each run's curve ends where early stopping ended it).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = sorted({r.labelled for r in rows if r.method in methods})
+    curves = {
+        (r.method, r.labelled, r.seed): read_validation_curve(r.run_dir)
+        for r in rows
+        if r.method in methods and r.run_dir is not None
+    }
+    if not counts or not any(curves.values()):
+        return
+    fig, axes = plt.subplots(1, len(counts), figsize=(4.2 * len(counts), 3.6), squeeze=False)
+    for ax, n in zip(axes[0], counts, strict=True):
+        for i, m in enumerate(methods):
+            runs = [c for (mm, nn, _), c in curves.items() if mm == m and nn == n and c]
+            steps = sorted({s for c in runs for s in c})
+            mean = [float(np.mean([c[s] for c in runs if s in c])) for s in steps]
+            ax.plot(steps, mean, color=f"C{i}", lw=1.5, label=m)
+        ax.set_title(f"{n} labelled")
+        ax.set_xlabel("fine-tuning step")
+        ax.set_ylabel("validation Dice (mean over seeds)")
+        ax.set_ylim(0, 1)
+    axes[0][0].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from medcl.cli import main
+from medcl.eval.few_label import read_validation_curve
 from medcl.io.datasets.acdc import write_patient_split
 from medcl.testing.acdc import write_synthetic_acdc
 
@@ -87,6 +88,11 @@ def test_protocol_writes_paired_tables_and_every_run(protocol: tuple[Path, Path,
     assert own == twin
     model = next((out / "finetune" / "random_init").glob("n1_seed0_*/model.pt"))
     assert model.is_file()
+    # the validation curve of each run (what validation_curves.png plots), steps within budget
+    curve = read_validation_curve(model.parent)
+    assert curve and max(curve) <= 6 and all(0.0 <= v <= 1.0 for v in curve.values())
+    assert read_validation_curve(out / "no-such-run") == {}
+    assert (out / "validation_curves.png").is_file()
 
 
 @pytest.mark.slow
