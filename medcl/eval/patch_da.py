@@ -22,6 +22,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,11 +32,11 @@ from torch.utils.data import DataLoader
 
 from medcl.config import StrictModel, save_config
 from medcl.engine.checkpoint import list_checkpoints, load_checkpoint
-from medcl.engine.stamps import check_stamp, output_settings
+from medcl.engine.stamps import check_stamp, output_settings, settings_digest
 from medcl.errors import ConfigError, InvalidInputError
 from medcl.eval.features import extract_features
 from medcl.eval.metrics import classification_metrics
-from medcl.eval.probe import knn_predict, linear_probe
+from medcl.eval.probe import knn_predict, linear_probe, select_c
 from medcl.eval.tables import mean_half_width, update_readme
 from medcl.io.image_selection import ImageViewsDataset, PatchDataConfig, load_filtered_image_set
 from medcl.io.images import ImageSet
@@ -66,6 +67,12 @@ class PatchDAEvalConfig(StrictModel):
     batch_size: int = Field(default=128, ge=1)
     k: int = Field(default=20, ge=1)
     knn_temperature: float = Field(default=0.07, gt=0)
+    probe_cs: list[float] = Field(
+        default_factory=lambda: [1.0],
+        description="linear probe C grid, chosen on a lesion-grouped validation part of the "
+        "source site (never the target); one value: used as it is",
+    )
+    probe_val_size: float = Field(default=0.25, gt=0, lt=1)
     out_dir: Path | None = None
 
 
@@ -82,6 +89,7 @@ class DARow:
     linear_balanced_accuracy: float
     n_source: int
     n_target: int
+    linear_c: float = 1.0
 
 
 def split_sites(ds: ImageSet, cfg: PatchDAEvalConfig) -> tuple[ImageSet, ImageSet]:
@@ -144,12 +152,15 @@ def probe_sites(
     knn = classification_metrics(
         yt, knn_predict(xs, ys, xt, k=cfg.k, temperature=cfg.knn_temperature, num_classes=n), n
     )
-    lin = classification_metrics(yt, linear_probe(xs, ys, xt, seed=seed), n)
+    groups = source.df["group"].astype(str).to_numpy()
+    c, _ = select_c(xs, ys, groups, cfg.probe_cs, val_size=cfg.probe_val_size, seed=seed)
+    lin = classification_metrics(yt, linear_probe(xs, ys, xt, c=c, seed=seed), n)
     return {
         "knn_accuracy": knn["accuracy"],
         "knn_balanced_accuracy": knn["balanced_accuracy"],
         "linear_accuracy": lin["accuracy"],
         "linear_balanced_accuracy": lin["balanced_accuracy"],
+        "linear_c": c,
     }
 
 
@@ -175,6 +186,26 @@ def _encoder_at(cfg: PatchDAEvalConfig, ckpt: Path) -> Encoder:
     return encoder
 
 
+def simclr_settings(cfg: PatchDAEvalConfig, seed: int) -> dict[str, Any]:
+    """What changes a seed's SimCLR run (its folder's stamp)."""
+    return {
+        "seed": seed,
+        "encoder": cfg.encoder,
+        "sites": [cfg.source_domains, cfg.target_domains],
+        "pretrain": output_settings(cfg.pretrain.model_dump(mode="json")),
+        "data": output_settings(cfg.data.model_dump(mode="json")),
+        "curve_every": cfg.curve_every,
+    }
+
+
+def probe_settings(cfg: PatchDAEvalConfig) -> dict[str, Any]:
+    """What changes the probe rows on top of the SimCLR run (their file's name)."""
+    return {
+        "random_encoder": cfg.random_encoder,
+        "probe": [cfg.image_size, cfg.k, cfg.knn_temperature, cfg.probe_cs, cfg.probe_val_size],
+    }
+
+
 def _run_seed(
     cfg: PatchDAEvalConfig,
     seed: int,
@@ -184,17 +215,11 @@ def _run_seed(
     root: Path | None,
 ) -> list[DARow]:
     folder = out / f"seed{seed}"
-    done = folder / "rows.json"
-    settings = {
-        "seed": seed,
-        "random_encoder": cfg.random_encoder,
-        "encoder": cfg.encoder,
-        "sites": [cfg.source_domains, cfg.target_domains],
-        "pretrain": output_settings(cfg.pretrain.model_dump(mode="json")),
-        "probe": [cfg.curve_every, cfg.image_size, cfg.k, cfg.knn_temperature],
-        "data": output_settings(cfg.data.model_dump(mode="json")),
-    }
-    check_stamp(folder, settings, has_outputs=done.is_file() or (folder / "simclr").exists())
+    simclr, probe = simclr_settings(cfg, seed), probe_settings(cfg)
+    # the SimCLR run is stamped by what changes it; the probe rows are named by what changes
+    # them, so another probe re-scores the same checkpoints instead of pretraining again
+    check_stamp(folder, simclr, has_outputs=(folder / "simclr").exists())
+    done = folder / f"rows_{settings_digest({**simclr, **probe})}.json"
     if done.is_file():
         return [DARow(**r) for r in json.loads(done.read_text())]
     sizes = (len(source), len(target))
@@ -232,6 +257,14 @@ def _table(df: pd.DataFrame) -> str:
             f"{cell(grp.knn_accuracy)} |"
         )
     lines.append(f"\nmean +- half-width of the 95% t-interval over {df.seed.nunique()} seeds.")
+    chosen = df.groupby("method", sort=False).linear_c.apply(
+        lambda c: ", ".join(f"{v:g} ({n}x)" for v, n in c.value_counts().sort_index().items())
+    )
+    lines.append(
+        "Linear-probe C chosen on a lesion-grouped validation part of the source site: "
+        + "; ".join(f"{m}: {c}" for m, c in chosen.items())
+        + "."
+    )
     return "\n".join(lines) + "\n"
 
 

@@ -81,3 +81,46 @@ def linear_probe(
     )
     model.fit(train_x, train_y)
     return np.asarray(model.predict(test_x), dtype=np.int64)
+
+
+def select_c(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    groups: np.ndarray,
+    cs: list[float],
+    *,
+    val_size: float = 0.25,
+    seed: int = 0,
+) -> tuple[float, dict[float, float]]:
+    """The inverse regularisation ``C`` of :func:`linear_probe` chosen on held-out groups.
+
+    The training set is split by ``groups`` (lesion, patient: no group on both sides,
+    label-stratified), a probe is fitted on one part for each ``C`` in ``cs`` and scored by
+    balanced accuracy on the other; ties go to the smaller ``C`` (the stronger regularisation).
+    Nothing outside ``train_x`` is looked at, so a probe tested on another site stays blind to it.
+
+    Args:
+        train_x: ``(N, D)`` features; train_y: ``(N,)`` class indices; groups: ``(N,)`` ids.
+        cs: candidate values (> 0).
+
+    Returns:
+        ``(best C, {C: validation balanced accuracy})``.
+    """
+    from medcl.eval.metrics import classification_metrics
+    from medcl.io.splits import group_split
+
+    if not cs or min(cs) <= 0:
+        raise ValueError(f"need candidate C values > 0, got {cs}")
+    if len(cs) == 1:
+        return float(cs[0]), {}
+    split = group_split(groups, train_y, test_size=val_size, seed=seed)
+    fit, val = split["train"], split["test"]
+    n = int(train_y.max()) + 1
+    scores = {
+        float(c): classification_metrics(
+            train_y[val], linear_probe(train_x[fit], train_y[fit], train_x[val], c=c, seed=seed), n
+        )["balanced_accuracy"]
+        for c in sorted(cs)
+    }
+    best = max(scores, key=lambda c: (scores[c], -c))
+    return best, scores

@@ -66,6 +66,14 @@ def test_rows_curve_table_and_reuse(sites: Path, tmp_path: Path) -> None:
     longer.pretrain.train.max_steps = 3
     with pytest.raises(InvalidInputError, match=r"seed0: holds outputs made with other settings"):
         run_patch_da_eval(longer)
+    # another probe (a C grid chosen on the source site) re-scores the same SimCLR checkpoints
+    ckpts = sorted((tmp_path / "da" / "seed0" / "simclr" / "train").glob("ckpt_*.pt"))
+    stamps = [p.stat().st_mtime_ns for p in ckpts]
+    rescored, _ = run_patch_da_eval(cfg.model_copy(update={"probe_cs": [0.01, 1.0]}))
+    assert [p.stat().st_mtime_ns for p in ckpts] == stamps and len(ckpts) == 2
+    assert [(r.method, r.step) for r in rescored] == [(r.method, r.step) for r in rows]
+    assert {r.linear_c for r in rescored} <= {0.01, 1.0} and {r.linear_c for r in rows} == {1.0}
+    assert len(list((tmp_path / "da" / "seed0").glob("rows_*.json"))) == 2
 
 
 def test_bad_sites_are_named(sites: Path, tmp_path: Path) -> None:

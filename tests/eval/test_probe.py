@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from medcl.eval.metrics import classification_metrics
-from medcl.eval.probe import knn_predict, linear_probe
+from medcl.eval.probe import knn_predict, linear_probe, select_c
 
 
 def _reference_knn(train_x, train_y, test_x, k, t, c):  # type: ignore[no-untyped-def]
@@ -61,3 +61,23 @@ def test_metrics_and_errors() -> None:
         classification_metrics(np.zeros(3), np.zeros(4))
     with pytest.raises(ValueError, match="k must be"):
         knn_predict(np.zeros((2, 2)), np.zeros(2, int), np.zeros((1, 2)), k=0)
+
+
+def test_select_c_uses_held_out_groups_and_prefers_regularisation_on_ties() -> None:
+    rng = np.random.default_rng(0)
+    n = 120
+    y = np.repeat([0, 1], n // 2)
+    groups = np.arange(n) // 2  # two images per group, never split apart
+    # one informative feature among 50 noise features: a tiny C shrinks it to nothing
+    x = rng.normal(size=(n, 51))
+    x[:, 0] += 3.0 * (2 * y - 1)
+    best, scores = select_c(x, y, groups, [1e-6, 1.0], seed=0)
+    assert best == 1.0 and set(scores) == {1e-6, 1.0}
+    assert scores[1.0] > 0.9 and scores[1e-6] <= scores[1.0]
+    # perfectly separable at every C: the tie goes to the strongest regularisation
+    x_easy = np.c_[10.0 * (2 * y - 1), rng.normal(size=(n, 2))]
+    best_easy, scores_easy = select_c(x_easy, y, groups, [0.1, 1.0, 10.0])
+    assert best_easy == 0.1 and all(v == 1.0 for v in scores_easy.values())
+    assert select_c(x, y, groups, [0.5]) == (0.5, {})  # one value: used as it is
+    with pytest.raises(ValueError, match="C values > 0"):
+        select_c(x, y, groups, [0.0, 1.0])
