@@ -20,7 +20,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from medcl.engine.checkpoint import list_checkpoints, load_checkpoint
 from medcl.engine.stamps import check_stamp, output_settings, settings_digest
 from medcl.errors import ConfigError, InvalidInputError
 from medcl.eval.features import extract_features
-from medcl.eval.metrics import classification_metrics
+from medcl.eval.metrics import class_recalls, classification_metrics
 from medcl.eval.probe import knn_predict, linear_probe, select_c
 from medcl.eval.tables import mean_half_width, update_readme
 from medcl.io.image_selection import ImageViewsDataset, PatchDataConfig, load_filtered_image_set
@@ -90,6 +90,7 @@ class DARow:
     n_source: int
     n_target: int
     linear_c: float = 1.0
+    linear_recall: dict[str, float] = field(default_factory=dict)
 
 
 def split_sites(ds: ImageSet, cfg: PatchDAEvalConfig) -> tuple[ImageSet, ImageSet]:
@@ -135,7 +136,7 @@ def split_sites(ds: ImageSet, cfg: PatchDAEvalConfig) -> tuple[ImageSet, ImageSe
 
 def probe_sites(
     encoder: Encoder, source: ImageSet, target: ImageSet, cfg: PatchDAEvalConfig, seed: int
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """k-NN and linear probe fitted on ``source`` features, scored on ``target``."""
     size = (cfg.image_size, cfg.image_size)
     encoder.set_spec(replace(encoder.spec, size=size, crop_pct=1.0))
@@ -154,13 +155,16 @@ def probe_sites(
     )
     groups = source.df["group"].astype(str).to_numpy()
     c, _ = select_c(xs, ys, groups, cfg.probe_cs, val_size=cfg.probe_val_size, seed=seed)
-    lin = classification_metrics(yt, linear_probe(xs, ys, xt, c=c, seed=seed), n)
+    predicted = linear_probe(xs, ys, xt, c=c, seed=seed)
+    lin = classification_metrics(yt, predicted, n)
+    recall = dict(zip(source.classes, class_recalls(yt, predicted, n).tolist(), strict=True))
     return {
         "knn_accuracy": knn["accuracy"],
         "knn_balanced_accuracy": knn["balanced_accuracy"],
         "linear_accuracy": lin["accuracy"],
         "linear_balanced_accuracy": lin["balanced_accuracy"],
         "linear_c": c,
+        "linear_recall": recall,
     }
 
 
@@ -203,6 +207,7 @@ def probe_settings(cfg: PatchDAEvalConfig) -> dict[str, Any]:
     return {
         "random_encoder": cfg.random_encoder,
         "probe": [cfg.image_size, cfg.k, cfg.knn_temperature, cfg.probe_cs, cfg.probe_val_size],
+        "rows_version": 2,  # 2: per-class recall of the linear probe
     }
 
 
@@ -268,6 +273,37 @@ def _table(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _flat_row(row: DARow) -> dict[str, Any]:
+    """A row for the CSV: the per-class recalls as ``linear_recall_<class>`` columns."""
+    out = asdict(row)
+    out.update({f"linear_recall_{c}": v for c, v in out.pop("linear_recall").items()})
+    return out
+
+
+def _recall_table(df: pd.DataFrame, classes: list[str]) -> str:
+    """Target-site recall of each class (linear probe, mean over seeds): the baselines and the
+    last SimCLR step; empty when the rows hold no recalls."""
+    last = df.loc[df.method == "ImageNet + SimCLR", "step"].max()
+    pick = df[(df.method != "ImageNet + SimCLR") | (df.step == last)]
+    lines = [
+        "",
+        "Target-site recall of each class, linear probe (mean over seeds):",
+        "",
+        "| encoder | SimCLR steps | " + " | ".join(classes) + " |",
+        "| --- | --- |" + " --- |" * len(classes),
+    ]
+    for (method, step), grp in pick.groupby(["method", "step"], sort=False):
+        recalls = pd.DataFrame([r for r in grp.linear_recall if r])
+        if recalls.empty:
+            return ""
+        cells = [
+            f"{recalls[c].mean():.2f}" if c in recalls and recalls[c].notna().any() else "-"
+            for c in classes
+        ]
+        lines.append(f"| {method} | {step} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _plot(df: pd.DataFrame, path: Path) -> None:
     import matplotlib
 
@@ -306,7 +342,7 @@ def run_patch_da_eval(
     log.info("source: %d images, target: %d images", len(source), len(target))
     rows = [r for seed in cfg.seeds for r in _run_seed(cfg, seed, source, target, out, root)]
     df = pd.DataFrame([asdict(r) for r in rows])
-    table = _table(df)
+    table = _table(df) + _recall_table(df, source.classes)
     src, tgt = "+".join(cfg.source_domains), "+".join(cfg.target_domains)
     counts = ["", f"| class | {src} (probe train) | {tgt} (probe test) |", "| --- | --- | --- |"]
     for c in source.classes:
@@ -315,10 +351,11 @@ def run_patch_da_eval(
         )
     table += "\n".join(counts) + "\n"
     (out / "results.md").write_text(table)
+    flat = [_flat_row(r) for r in rows]
     with (out / "results.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(DARow.__dataclass_fields__))
+        writer = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for r in flat for k in r)))
         writer.writeheader()
-        writer.writerows(asdict(r) for r in rows)
+        writer.writerows(flat)
     _plot(df, out / "curve.png")
     if readme is not None:
         note = (

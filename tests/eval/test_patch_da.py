@@ -60,6 +60,12 @@ def test_rows_curve_table_and_reuse(sites: Path, tmp_path: Path) -> None:
     assert "| ImageNet + SimCLR | 2 |" in table
     saved = pd.read_csv(tmp_path / "da" / "results.csv")
     assert len(saved) == 4 and (tmp_path / "da" / "curve.png").is_file()
+    # per-class target recall of the linear probe; its mean is the balanced accuracy
+    for r, (_, csv_row) in zip(rows, saved.iterrows(), strict=True):
+        assert set(r.linear_recall) == {"blue", "red"}
+        assert np.isclose(np.mean(list(r.linear_recall.values())), r.linear_balanced_accuracy)
+        assert np.isclose(csv_row["linear_recall_red"], r.linear_recall["red"])
+    assert "| encoder | SimCLR steps | blue | red |" in table
     again, _ = run_patch_da_eval(cfg)  # the finished seed is reused
     assert again == rows
     longer = cfg.model_copy(deep=True)
