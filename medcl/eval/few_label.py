@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from medcl.config import StrictModel, save_config
 from medcl.errors import ConfigError, InvalidInputError
@@ -83,6 +83,12 @@ class FewLabelEvalConfig(StrictModel):
     dataset: PatientDatasetConfig = Field(default_factory=PatientDatasetConfig)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     labelled: list[int] = Field(default_factory=lambda: [1, 2, 8])
+    seeds_by_count: dict[int, list[int]] = Field(
+        default_factory=dict,
+        description="seeds for particular labelled counts, where the spread over which patients "
+        "are labelled is largest (e.g. {1: [0, ..., 9]}); other counts and the benchmark use "
+        "`seeds`; counts not in `labelled` are not run (logged)",
+    )
     benchmark: bool = True
     methods: list[MethodConfig] = Field(default_factory=_default_methods)
     pretrain_seed: int = 0
@@ -96,6 +102,25 @@ class FewLabelEvalConfig(StrictModel):
         if not value or min(value) < 1:
             raise ValueError("labelled counts must be positive")
         return sorted(set(value))
+
+    @model_validator(mode="after")
+    def _seeds_given(self) -> FewLabelEvalConfig:
+        if any(not seeds for seeds in self.seeds_by_count.values()):
+            raise ValueError("seeds_by_count: every count needs at least one seed")
+        return self
+
+    def seeds_for(self, n: int) -> list[int]:
+        """The seeds run with ``n`` labelled volumes."""
+        return list(self.seeds_by_count.get(n, self.seeds))
+
+    def seeds_text(self) -> str:
+        """The seeds as the README note states them, e.g. ``[0, 1, 2]; 1 labelled: [0, ..., 9]``."""
+        extra = "".join(
+            f"; {n} labelled: {self.seeds_for(n)}"
+            for n in self.labelled
+            if self.seeds_for(n) != self.seeds
+        )
+        return f"{self.seeds}{extra}"
 
 
 BENCHMARK = "benchmark (all training patients)"
@@ -305,13 +330,20 @@ def run_few_label_eval(
         len(data.split["val"]),
         len(data.split["test"]),
     )
+    unused = sorted(set(cfg.seeds_by_count) - set(cfg.labelled))
+    if unused:
+        log.warning(
+            "seeds_by_count: labelled counts %s are not in labelled %s; not run",
+            unused,
+            cfg.labelled,
+        )
     tic = time.perf_counter()
     rows: list[RunRow] = []
     weights = {method.name: _pretrain(cfg, method, data, root) for method in cfg.methods}
     # fewest labels first, all methods of a seed together: an interrupted run has left
     # complete paired comparisons for the smallest counts (finished runs are reused on re-run)
     for n in cfg.labelled:
-        for seed in cfg.seeds:
+        for seed in cfg.seeds_for(n):
             ids = labelled_subset(data.pool, n, seed)
             for method in cfg.methods:
                 row = _finetune(cfg, method.name, n, seed, ids, weights[method.name], data, root)
@@ -339,10 +371,10 @@ def run_few_label_eval(
     if readme is not None:
         fresh = sum(r.fresh for r in rows)
         note = (
-            f"Produced by `medcl eval few-label` (seeds {cfg.seeds}): {fresh} of {len(rows)} "
-            f"fine-tuning runs computed by this invocation in {minutes:.1f} min, the rest reused "
-            "from earlier invocations with the same settings; per-run Dice, HD95 and steps in "
-            "`results.csv`."
+            f"Produced by `medcl eval few-label` (seeds {cfg.seeds_text()}): {fresh} of "
+            f"{len(rows)} fine-tuning runs computed by this invocation in {minutes:.1f} min, "
+            "the rest reused from earlier invocations with the same settings; per-run Dice, "
+            "HD95 and steps in `results.csv`."
         )
         update_readme(readme, tables, note, (README_START, README_END))
     return rows, tables

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from medcl.cli import main
-from medcl.eval.few_label import read_validation_curve
+from medcl.eval.few_label import FewLabelEvalConfig, read_validation_curve
 from medcl.io.datasets.acdc import write_patient_split
 from medcl.testing.acdc import write_synthetic_acdc
 
@@ -115,11 +115,29 @@ def test_rerun_reuses_and_a_changed_setting_starts_new_runs(
         "--set",
         "labelled=[1]",
         "--set",
+        "seeds_by_count={1: [0, 3], 8: [0]}",
+        "--set",
         "benchmark=false",
+        "--readme",
+        str(readme),
     )
     assert main(args) == 0
     after = sorted(p.name for p in (out / "finetune" / "random_init").iterdir())
-    assert len(after) == len(before) + 1  # a new folder: the old run is not reused
+    # new folders (the old runs are not reused), seeds 0 and 3 for the 1-labelled count;
+    # the count 8 is not in `labelled` and is not run
+    assert len(after) == len(before) + 2
+    assert {p.split("_")[1] for p in set(after) - set(before)} == {"seed0", "seed3"}
+    assert "(seeds [0]; 1 labelled: [0, 3]): 2 of 2 fine-tuning runs" in readme.read_text()
+
+
+def test_seeds_by_count_overrides_seeds_for_its_counts() -> None:
+    cfg = FewLabelEvalConfig(seeds=[0, 1, 2], labelled=[1, 2, 8], seeds_by_count={1: [0, 1, 2, 3]})
+    assert cfg.seeds_for(1) == [0, 1, 2, 3]
+    assert cfg.seeds_for(2) == cfg.seeds_for(8) == [0, 1, 2]
+    assert cfg.seeds_text() == "[0, 1, 2]; 1 labelled: [0, 1, 2, 3]"
+    assert FewLabelEvalConfig(seeds=[5]).seeds_text() == "[5]"
+    with pytest.raises(ValueError, match="every count needs at least one seed"):
+        FewLabelEvalConfig(seeds_by_count={2: []})
 
 
 @pytest.mark.slow
