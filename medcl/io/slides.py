@@ -29,6 +29,7 @@ from medcl.io.limits import (
     max_pixels,
     max_slide_pixels,
 )
+from medcl.io.tiff_tiles import TiffLevelTiles, plain_tiff_levels
 
 logger = logging.getLogger(__name__)
 
@@ -109,12 +110,22 @@ class Slide:
     """
 
     def __init__(
-        self, path: Path, handle: Any, backend: Backend, *, mpp_override: float | None = None
+        self,
+        path: Path,
+        handle: Any,
+        backend: Backend,
+        *,
+        mpp_override: float | None = None,
+        direct_tiles: bool = True,
     ) -> None:
         self._path = path
         self._handle = handle
         self._backend: Backend = backend
         self._closed = False
+        # plain tiled TIFF levels read without openslide's ARGB painting (found on first read)
+        self._direct: dict[int, TiffLevelTiles] | None = (
+            None if direct_tiles and backend == "openslide" else {}
+        )
         self._properties = {str(k): str(v) for k, v in handle.properties.items() if v is not None}
         self._level_dimensions = [(int(w), int(h)) for w, h in handle.level_dimensions]
         self._level_downsamples = [float(d) for d in handle.level_downsamples]
@@ -321,6 +332,13 @@ class Slide:
                 f"region of {wh[0]} x {wh[1]} px at level {level} is more than the {limit:,} px "
                 "read at once (set MEDCL_MAX_PIXELS to raise the limit, or read it by tiles)",
             )
+        direct = self._direct_level(level, loc)
+        if direct is not None:
+            try:
+                return direct[0].read(direct[1], direct[2], *wh)
+            except Exception as exc:  # noqa: BLE001 - openslide reads it and names any damage
+                logger.info("%s: direct tile reads off (%s)", self._path, _one_line(exc))
+                self._direct = {}
         try:
             if self._backend == "openslide":
                 return _rgb_over_white(self._handle.read_region(loc, level, wh))
@@ -332,6 +350,35 @@ class Slide:
                 f"({self._backend}: {_one_line(exc)}); the file may be corrupted",
             ) from exc
         return self._whiten_outside(rgb[..., :3].astype(np.uint8, copy=False), loc, level)
+
+    @property
+    def direct_levels(self) -> list[int]:
+        """Levels read by decoding their TIFF tiles directly (:mod:`medcl.io.tiff_tiles`); empty
+        when every read goes through the backend (other formats, ``direct_tiles=False``, or
+        after a tile that did not decode)."""
+        return sorted(self._direct_readers())
+
+    def _direct_readers(self) -> dict[int, TiffLevelTiles]:
+        if self._direct is None:  # found on first use: opening a slide stays cheap
+            self._direct = plain_tiff_levels(self._path, self.vendor, self._level_dimensions)
+        return self._direct
+
+    def _direct_level(
+        self, level: int, location: tuple[int, int]
+    ) -> tuple[TiffLevelTiles, int, int] | None:
+        """The direct reader of ``level`` and ``location`` in its pixels, when the level is a
+        plain tiled TIFF page and ``location`` falls on a whole pixel of it (openslide would
+        resample otherwise)."""
+        reader = self._direct_readers().get(level)
+        if reader is None:
+            return None
+        if level == 0:
+            return reader, location[0], location[1]
+        ds = self._level_downsamples[level]
+        x, y = location[0] / ds, location[1] / ds
+        if x != int(x) or y != int(y):
+            return None
+        return reader, int(x), int(y)
 
     def _whiten_outside(self, rgb: np.ndarray, location: tuple[int, int], level: int) -> np.ndarray:
         # tiffslide pads out-of-bounds pixels black; openslide makes them transparent (white).
@@ -440,6 +487,8 @@ class Slide:
     def close(self) -> None:
         if not self._closed:
             self._handle.close()
+            for reader in (self._direct or {}).values():
+                reader.close()
             self._closed = True
 
     def __enter__(self) -> Slide:
@@ -493,6 +542,7 @@ def open_slide(
     *,
     backend: str = "auto",
     mpp: float | None = None,
+    direct_tiles: bool = True,
 ) -> Slide:
     """Open a whole-slide image.
 
@@ -501,6 +551,9 @@ def open_slide(
         backend: ``"openslide"``, ``"tiffslide"``, or ``"auto"`` (openslide, then tiffslide
             when openslide cannot open the file).
         mpp: microns per pixel to use when the slide metadata has none.
+        direct_tiles: read plain tiled TIFF levels (Aperio SVS, generic pyramidal TIFF) by
+            decoding their tiles directly (:mod:`medcl.io.tiff_tiles`; the same pixels as
+            openslide, a third of the time); False reads every region through the backend.
 
     Raises:
         InvalidInputError: the file is missing, empty, a folder, or no backend can read it.
@@ -529,7 +582,7 @@ def open_slide(
             continue
         logger.info("%s: opened with %s", file, name)
         try:
-            return Slide(file, handle, name, mpp_override=mpp)
+            return Slide(file, handle, name, mpp_override=mpp, direct_tiles=direct_tiles)
         except InvalidInputError:  # the header itself is impossible: no backend reads it
             handle.close()
             raise
