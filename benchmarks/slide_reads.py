@@ -25,12 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from medcl.io.slides import open_slide
-
-
-def _grid(width: int, height: int, size: int) -> list[tuple[int, int]]:
-    return [
-        (x, y) for y in range(0, height - size + 1, size) for x in range(0, width - size + 1, size)
-    ]
+from medcl.wsi.tiling import grid_coords
 
 
 def _timed(
@@ -59,7 +54,7 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- |")
     for path in slides:
         with open_slide(path, backend="openslide") as slide:
-            coords = _grid(*slide.dimensions, args.size)
+            coords = [(int(x), int(y)) for x, y in grid_coords(slide.dimensions, args.size)]
             levels = slide.direct_levels
         if 0 not in levels:
             print(f"| {path.name} | {len(coords)} | (no direct reads: openslide only) | | | |")

@@ -17,6 +17,7 @@ which then names the problem.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from collections import OrderedDict
@@ -31,6 +32,14 @@ logger = logging.getLogger(__name__)
 PLAIN_TIFF_VENDORS = frozenset({"aperio", "generic-tiff"})
 #: decoded tiles kept per slide (bytes); Aperio's 240 px RGB tiles: about 380 of them
 DEFAULT_CACHE_BYTES = 64 * 2**20
+
+
+def _tile_grid(page: Any) -> tuple[int, int]:
+    """``(columns, rows)`` of tiles that cover ``page``."""
+    return (
+        -(-int(page.imagewidth) // int(page.tilewidth)),
+        -(-int(page.imagelength) // int(page.tilelength)),
+    )
 
 
 class TiffLevelTiles:
@@ -48,7 +57,7 @@ class TiffLevelTiles:
         self.height = int(page.imagelength)
         self.tile_h = int(page.tilelength)
         self.tile_w = int(page.tilewidth)
-        self._tiles_x = -(-self.width // self.tile_w)
+        self._tiles_x = _tile_grid(page)[0]
         self._offsets = [int(v) for v in page.dataoffsets]
         self._counts = [int(v) for v in page.databytecounts]
         self._jpegtables = getattr(page, "jpegtables", None)
@@ -71,9 +80,7 @@ class TiffLevelTiles:
                 and int(getattr(page, "imagedepth", 1)) == 1
                 and int(getattr(page, "tiledepth", 1)) == 1
                 and np.dtype(page.dtype) == np.uint8
-                and len(page.dataoffsets)
-                == -(-int(page.imagewidth) // int(page.tilewidth))
-                * -(-int(page.imagelength) // int(page.tilelength))
+                and len(page.dataoffsets) == math.prod(_tile_grid(page))
             )
         except (AttributeError, TypeError, ValueError):
             return False
