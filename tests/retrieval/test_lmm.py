@@ -62,6 +62,18 @@ class FakeServer:
                 with server.lock:
                     server.active += 1
                     server.max_active = max(server.max_active, server.active)
+                counted = True
+
+                def leave() -> None:
+                    # Leave the count *before* the reply goes out: once the client has
+                    # its reply it may send the next request, possibly before this
+                    # thread runs again, and that overlap is not the client's doing.
+                    nonlocal counted
+                    if counted:
+                        with server.lock:
+                            server.active -= 1
+                        counted = False
+
                 try:
                     raw = self.rfile.read(int(self.headers["Content-Length"]))
                     body = json.loads(raw)
@@ -72,6 +84,7 @@ class FakeServer:
                         reply = server.script.popleft() if server.script else None
                     reply = reply or server.default(body)
                     time.sleep(reply.delay_s)
+                    leave()
                     payload = (
                         json.dumps(reply.body) if isinstance(reply.body, dict) else reply.body
                     ).encode()
@@ -84,8 +97,7 @@ class FakeServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout test)
                 finally:
-                    with server.lock:
-                        server.active -= 1
+                    leave()
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
