@@ -351,6 +351,27 @@ class Slide:
             ) from exc
         return self._whiten_outside(rgb[..., :3].astype(np.uint8, copy=False), loc, level)
 
+    def _read_level_pixels(
+        self, level: int, origin: tuple[int, int], size: tuple[int, int]
+    ) -> np.ndarray:
+        """``size`` pixels of ``level`` from its own pixel ``origin`` ``(x, y)``.
+
+        A direct level is read at exactly that pixel. Through the backend the origin becomes the
+        level-0 location ``round(origin * downsample)``; where the downsample is not an integer
+        (``2.0005`` on many SVS) that location falls between level pixels and the backend
+        resamples, shifting the read by up to a fraction of a pixel.
+        """
+        reader = self._direct_readers().get(level)
+        wh = (int(size[0]), int(size[1]))
+        if reader is not None and wh[0] * wh[1] <= max_pixels():
+            try:
+                return reader.read(int(origin[0]), int(origin[1]), *wh)
+            except Exception as exc:  # noqa: BLE001 - openslide reads it and names any damage
+                logger.info("%s: direct tile reads off (%s)", self._path, _one_line(exc))
+                self._direct = {}
+        ds = self.level_downsamples[level]
+        return self.read_region((round(origin[0] * ds), round(origin[1] * ds)), level, wh)
+
     @property
     def direct_levels(self) -> list[int]:
         """Levels read by decoding their TIFF tiles directly (:mod:`medcl.io.tiff_tiles`); empty
@@ -476,8 +497,7 @@ class Slide:
                 bw = min(block_w, tw - ox)
                 x0, x1 = ox * sx, (ox + bw) * sx
                 rx0, rx1 = math.floor(x0), min(lw, math.ceil(x1 - 1e-9))
-                location = (round(rx0 * ds), round(ry0 * ds))
-                region = self.read_region(location, level, (rx1 - rx0, ry1 - ry0))
+                region = self._read_level_pixels(level, (rx0, ry0), (rx1 - rx0, ry1 - ry0))
                 box = (x0 - rx0, y0 - ry0, x1 - rx0, y1 - ry0)
                 small = Image.fromarray(region).resize((bw, bh), Image.Resampling.BOX, box=box)
                 out[oy : oy + bh, ox : ox + bw] = np.asarray(small)

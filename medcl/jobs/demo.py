@@ -279,12 +279,16 @@ def _run_stage(
     settings: StrictModel,
     run: Callable[..., Path],
     data_root: Path | None,
+    versions: dict[str, int] | None = None,
 ) -> StageResult:
+    """Run a stage unless its folder holds predictions made with these ``settings`` and
+    output ``versions`` (code changes that alter the outputs of unchanged settings)."""
     from medcl.review.predictions import read_predictions
 
     predictions = folder / "predictions.jsonl"
     marker = folder / "demo_stage.json"
-    wanted = json.dumps(settings.model_dump(mode="json"), sort_keys=True)
+    stored = settings.model_dump(mode="json") | ({"_versions": versions} if versions else {})
+    wanted = json.dumps(stored, sort_keys=True)
     if predictions.is_file() and marker.is_file() and marker.read_text() == wanted:
         n = len(read_predictions(predictions))
         log.info("demo stage %s: already done (%d cases in %s)", name, n, predictions)
@@ -301,6 +305,16 @@ def _run_stage(
     n = len(read_predictions(path))
     log.info("demo stage %s: %d cases in %.1f s", name, n, seconds)
     return StageResult(name, path, n, seconds, False)
+
+
+def _versions(stage: str) -> dict[str, int] | None:
+    """Output versions a stage's marker records: the slides stage's tiles follow
+    :data:`medcl.wsi.jobs.TILING_VERSION`."""
+    if stage != "slides":
+        return None
+    from medcl.wsi.jobs import TILING_VERSION
+
+    return {"tiling_version": TILING_VERSION}
 
 
 def ensure_demo_users(store: object) -> list[DemoLogin]:
@@ -359,7 +373,7 @@ def run_demo_pipelines(
         for name in cfg.stages:
             settings, run = plan[name]
             folder = stage_dir(workspace, "demo", f"{name}-{suffix}")
-            result = _run_stage(name, folder, settings, run, data_root)
+            result = _run_stage(name, folder, settings, run, data_root, _versions(name))
             summary.stages.append(result)
             imported = import_predictions(store, None, result.predictions)
             summary.imported[name] = (imported.created, imported.skipped, imported.errors)

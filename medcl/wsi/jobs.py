@@ -2,6 +2,7 @@
 
 Output folder (TRIDENT-style) ``<workspace>/wsi/<job-name>/<settings>/`` with ``settings`` like
 ``0.50mpp_256px_0px_overlap`` (or ``20x_256px_0px_overlap``), holding ``config.yaml``,
+``tiling.json`` (:data:`TILING_VERSION`, checked with the settings on a re-run),
 ``status.csv`` (slide, state ok|failed|empty, n_tiles, seconds, message),
 ``thumbnails/<stem>.png``, ``masks/<stem>.png``, ``contours/<stem>.geojson`` (level-0 px,
 QuPath-importable) and ``patches/<stem>.h5`` (:mod:`medcl.wsi.coords_io`). A slide whose coords
@@ -12,6 +13,7 @@ go on; one without tissue gets an empty coords file and state ``empty``.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import time
@@ -105,6 +107,14 @@ class TileJobConfig(StrictModel):
 # Settings that change the outputs without changing the folder name: a re-run must match them.
 _FINGERPRINT = ("min_tissue", "thumbnail_size", "tissue")
 
+# Raised when a medcl change alters the tiles of unchanged settings; kept in the job folder's
+# ``tiling.json`` (a folder without one was tiled at version 1).
+#   1: block-read thumbnails read each stripe at the level-0 location rounded from its level
+#      position, which the backend resamples where the downsample is not whole (2.0005 on SVS)
+#   2: they read the exact level pixels, so tissue masks (and the tiles kept) may differ
+TILING_VERSION = 2
+_VERSION_FILE = "tiling.json"
+
 
 @dataclass(frozen=True)
 class SlideEntry:
@@ -168,6 +178,25 @@ def _check_fingerprint(cfg: TileJobConfig, out: Path) -> None:
             f"this folder was tiled with other {', '.join(changed)}; "
             "use another --out (or job name) or delete the folder",
         )
+    version = tiling_version(out)
+    if version != TILING_VERSION and any((out / "patches").glob("*.h5")):
+        raise InvalidInputError(
+            out,
+            f"this folder was tiled by an older medcl (tiling version {version}, now "
+            f"{TILING_VERSION}: thumbnails read at exact level pixels, so tissue masks may "
+            "differ); use another --out (or job name) or delete the folder",
+        )
+
+
+def tiling_version(out: Path) -> int:
+    """The :data:`TILING_VERSION` a job folder was tiled at (1 when it does not say)."""
+    path = out / _VERSION_FILE
+    if not path.is_file():
+        return 1
+    try:
+        return int(json.loads(path.read_text(encoding="utf-8"))["tiling_version"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidInputError(path, f"unreadable tiling version ({exc})") from None
 
 
 def _read_status(path: Path) -> dict[str, dict[str, str]]:
@@ -272,6 +301,7 @@ def run_tile_job(
     out.mkdir(parents=True, exist_ok=True)
     _check_fingerprint(cfg, out)
     save_config(cfg, out)
+    (out / _VERSION_FILE).write_text(json.dumps({"tiling_version": TILING_VERSION}) + "\n")
     status_path = out / "status.csv"
     rows = _read_status(status_path)
     counts = {"ok": 0, "empty": 0, "failed": 0, "skipped": 0}

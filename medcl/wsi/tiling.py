@@ -85,8 +85,11 @@ def tissue_fraction(
     sx, sy = (scale, scale) if isinstance(scale, int | float) else scale
     coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
     h, w = mask.shape
-    integral = np.zeros((h + 1, w + 1), dtype=np.int64)
-    integral[1:, 1:] = np.cumsum(np.cumsum(mask, axis=0, dtype=np.int64), axis=1)
+    # int32 holds any count of a mask under 2**31 px, and the in-place sums halve the time
+    integral = np.zeros((h + 1, w + 1), dtype=np.int32 if h * w < 2**31 else np.int64)
+    inner = integral[1:, 1:]
+    np.cumsum(mask, axis=1, dtype=integral.dtype, out=inner)
+    np.cumsum(inner, axis=0, out=inner)
     side_x, side_y = max(1, round(tile * sx)), max(1, round(tile * sy))
     x0 = np.clip(np.floor(coords[:, 0] * sx).astype(np.int64), 0, w)
     y0 = np.clip(np.floor(coords[:, 1] * sy).astype(np.int64), 0, h)

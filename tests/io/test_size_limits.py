@@ -198,13 +198,13 @@ def test_thumbnail_of_a_level_without_pyramid_is_read_by_blocks(
     monkeypatch.setattr(slides_mod, "DIRECT_READ_PIXELS", 10_000)
     reads: list[tuple[int, int]] = []
     with open_slide(path, mpp=0.5) as slide:
-        original = slide.read_region
+        original = slide._read_level_pixels  # every block read of a thumbnail
 
-        def spy(location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        def spy(level: int, origin: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
             reads.append(size)
-            return original(location, level, size)
+            return original(level, origin, size)
 
-        monkeypatch.setattr(slide, "read_region", spy)
+        monkeypatch.setattr(slide, "_read_level_pixels", spy)
         for budget in (50_000, 700):  # full-width stripes, then blocks narrower than a row
             monkeypatch.setattr(slides_mod, "BLOCK_READ_PIXELS", budget)
             reads.clear()

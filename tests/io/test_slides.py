@@ -175,7 +175,14 @@ def _spy_levels(slide: Slide, monkeypatch: pytest.MonkeyPatch) -> list[int]:
         seen.append(level)
         return original(location, level, size)
 
+    original_pixels = slide._read_level_pixels  # block reads of a thumbnail, by level pixels
+
+    def spy_pixels(level: int, origin: tuple[int, int], size: tuple[int, int]) -> Any:
+        seen.append(level)
+        return original_pixels(level, origin, size)
+
     monkeypatch.setattr(slide, "read_region", spy)
+    monkeypatch.setattr(slide, "_read_level_pixels", spy_pixels)
     return seen
 
 

@@ -102,3 +102,28 @@ def test_a_damaged_tile_falls_back_to_openslide_which_names_the_file(tmp_path: P
     with pytest.raises(InvalidInputError, match=r"bad\.tif"):
         slide.read_region((128, 128), 0, (64, 64))
     assert slide.direct_levels == []  # off for this slide after the failure
+
+
+def test_block_thumbnail_reads_exact_level_pixels_at_a_fractional_downsample(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Level 1 of an odd-sized slide has downsample 1203 / 601 = 2.0017: a stripe starting
+    at level row r lies at level-0 row 2.0017 r, which openslide would resample. The block
+    thumbnail must equal the whole level shrunk at once (up to rounding)."""
+    from PIL import Image
+
+    import medcl.io.slides as slides
+
+    image, _ = synthetic_tissue_image(1001, 1203, seed=5)
+    path = write_pyramidal_tiff(tmp_path / "odd.tif", image, levels=2, tile=128)
+    slide = open_slide(path, backend="openslide")
+    (lw, lh), ds = slide.level_dimensions[1], slide.level_downsamples[1]
+    assert ds != int(ds) and slide.direct_levels == [0, 1]
+    level = slide.read_region((0, 0), 1, (lw, lh))
+    target = (150, round(150 * lh / lw))
+    reference = np.asarray(Image.fromarray(level).resize(target, Image.Resampling.BOX))
+    monkeypatch.setattr(slides, "DIRECT_READ_PIXELS", 1000)
+    monkeypatch.setattr(slides, "BLOCK_READ_PIXELS", 40_000)  # stripes of ~66 level rows
+    thumb = slide._shrink_by_blocks(1, target)
+    assert thumb.shape == reference.shape
+    assert np.abs(thumb.astype(int) - reference).max() <= 1

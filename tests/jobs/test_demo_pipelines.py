@@ -253,8 +253,9 @@ def test_pool_and_queries_split_by_domain_class_and_lesion() -> None:
 def test_a_stage_is_skipped_when_done_and_rerun_afresh_when_its_settings_change(
     tmp_path: Path,
 ) -> None:
-    from medcl.jobs.demo import _run_stage
+    from medcl.jobs.demo import _run_stage, _versions
     from medcl.jobs.demo_retrieval import RetrievalDemoConfig as Settings
+    from medcl.wsi.jobs import TILING_VERSION
 
     calls: list[int] = []
 
@@ -275,3 +276,9 @@ def test_a_stage_is_skipped_when_done_and_rerun_afresh_when_its_settings_change(
         "predictions.jsonl",
         "scratch_k3",  # the old run's files were cleared
     ]
+    # the same settings from code whose outputs differ (a new version) run afresh too
+    versioned = _run_stage("retrieval", folder, Settings(k=3), run, None, {"tiling_version": 2})
+    assert not versioned.skipped and calls == [5, 3, 3]
+    assert _run_stage("retrieval", folder, Settings(k=3), run, None, {"tiling_version": 2}).skipped
+    assert _versions("slides") == {"tiling_version": TILING_VERSION}
+    assert _versions("volume") is None

@@ -18,7 +18,7 @@ from medcl.config import load_config
 from medcl.errors import ConfigError, InvalidInputError
 from medcl.testing.slides import BACKGROUND, synthetic_tissue_image, write_pyramidal_tiff
 from medcl.wsi.coords_io import read_coords
-from medcl.wsi.jobs import TileJobConfig, list_slides, run_tile_job
+from medcl.wsi.jobs import TILING_VERSION, TileJobConfig, list_slides, run_tile_job
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = {"patch_size": 64, "thumbnail_size": 256, "tissue": {"min_tissue_area_um2": 500.0}}
@@ -146,6 +146,15 @@ def test_job_folder_name_and_settings_guard(slide_dir: Path, tmp_path: Path) -> 
     changed = cfg.model_copy(update={"min_tissue": 0.9})
     with pytest.raises(InvalidInputError, match="this folder was tiled with other min_tissue"):
         run_tile_job(changed, workspace=tmp_path / "ws", progress=False)
+    # tiles of an older medcl whose masks may differ are not reused silently
+    assert json.loads((out / "tiling.json").read_text()) == {"tiling_version": TILING_VERSION}
+    assert run_tile_job(cfg, workspace=tmp_path / "ws", progress=False)["skipped"] == 3
+    (out / "tiling.json").unlink()
+    with pytest.raises(InvalidInputError, match=r"tiled by an older medcl \(tiling version 1, now"):
+        run_tile_job(cfg, workspace=tmp_path / "ws", progress=False)
+    (out / "tiling.json").write_text("{}")
+    with pytest.raises(InvalidInputError, match=r"tiling\.json: unreadable tiling version"):
+        run_tile_job(cfg, workspace=tmp_path / "ws", progress=False)
 
 
 def test_config_validation_and_shipped_yaml() -> None:
