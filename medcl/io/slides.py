@@ -480,7 +480,6 @@ class Slide:
         block, so the result does not depend on the block size (to rounding).
         """
         lw, lh = self.level_dimensions[level]
-        ds = self.level_downsamples[level]
         tw, th = target
         sx, sy = lw / tw, lh / th
         rows = int(BLOCK_READ_PIXELS // (lw * sy))
