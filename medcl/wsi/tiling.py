@@ -71,7 +71,8 @@ def tissue_fraction(
     Each tile ``(x, y)`` of side ``tile`` (level-0 px) covers the mask window starting at
     ``(floor(x * sx), floor(y * sy))`` with sides ``max(1, round(tile * s))``, clipped to the
     mask; the fraction is the window's mean (0 for a window wholly outside). Box sums come from
-    one integral image, so the cost does not depend on the tile size.
+    one integral image, so the cost does not depend on the tile size, or, for grids of few tiles
+    (where that is cheaper, e.g. a small slide), from counting each window directly.
 
     Args:
         coords: ``(N, 2)`` level-0 (x, y).
@@ -85,17 +86,25 @@ def tissue_fraction(
     sx, sy = (scale, scale) if isinstance(scale, int | float) else scale
     coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
     h, w = mask.shape
+    side_x, side_y = max(1, round(tile * sx)), max(1, round(tile * sy))
+    x0 = np.clip(np.floor(coords[:, 0] * sx).astype(np.int64), 0, w)
+    y0 = np.clip(np.floor(coords[:, 1] * sy).astype(np.int64), 0, h)
+    x1, y1 = np.minimum(x0 + side_x, w), np.minimum(y0 + side_y, h)
+    area = (x1 - x0) * (y1 - y0)
+    # Counting each window costs ~1 us a tile plus ~0.2 ns a pixel (numpy's popcount); the
+    # integral image ~10 ns a mask pixel whatever the grid: count directly when that is cheaper.
+    if 100 * len(coords) + int(area.sum()) // 50 < h * w:
+        total = np.array(
+            [np.count_nonzero(mask[a:b, c:d]) for a, b, c, d in zip(y0, y1, x0, x1, strict=True)],
+            dtype=np.int64,
+        )
+        return np.where(area > 0, total / np.maximum(area, 1), 0.0)
     # int32 holds any count of a mask under 2**31 px, and the in-place sums halve the time
     integral = np.zeros((h + 1, w + 1), dtype=np.int32 if h * w < 2**31 else np.int64)
     inner = integral[1:, 1:]
     np.cumsum(mask, axis=1, dtype=integral.dtype, out=inner)
     np.cumsum(inner, axis=0, out=inner)
-    side_x, side_y = max(1, round(tile * sx)), max(1, round(tile * sy))
-    x0 = np.clip(np.floor(coords[:, 0] * sx).astype(np.int64), 0, w)
-    y0 = np.clip(np.floor(coords[:, 1] * sy).astype(np.int64), 0, h)
-    x1, y1 = np.minimum(x0 + side_x, w), np.minimum(y0 + side_y, h)
     total = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
-    area = (x1 - x0) * (y1 - y0)
     return np.where(area > 0, total / np.maximum(area, 1), 0.0)
 
 

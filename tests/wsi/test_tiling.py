@@ -118,6 +118,11 @@ def test_vectorised_fraction_equals_loop() -> None:
     np.testing.assert_allclose(got, loop_fraction(coords, 300, mask, sx, sy), atol=1e-12)
     same = tissue_fraction(coords, 300, mask, 0.02)  # one scale for both axes
     np.testing.assert_allclose(same, loop_fraction(coords, 300, mask, 0.02, 0.02), atol=1e-12)
+    # a few windows are counted directly (no integral image): the same fractions
+    few = np.concatenate([coords[:5], coords[-2:]])
+    np.testing.assert_allclose(
+        tissue_fraction(few, 300, mask, (sx, sy)), got[[0, 1, 2, 3, 4, -2, -1]]
+    )
 
 
 def test_legacy_helpers_still_work() -> None:
