@@ -35,6 +35,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from medcl.config import StrictModel, save_config
+from medcl.engine.runs import run_tasks
 from medcl.errors import ConfigError, InvalidInputError
 from medcl.eval.tables import mean_interval, paired_interval, update_readme
 from medcl.eval.volume_ssl import MethodConfig
@@ -90,6 +91,13 @@ class FewLabelEvalConfig(StrictModel):
         "`seeds`; counts not in `labelled` are not run (logged)",
     )
     benchmark: bool = True
+    jobs: int = Field(
+        default=1,
+        ge=1,
+        description="runs at once (pretraining stages, then fine-tuning runs), each in its own "
+        "process with an equal share of the cores (medcl.engine.runs); not part of any run's "
+        "settings, so finished runs are reused whatever it is",
+    )
     methods: list[MethodConfig] = Field(default_factory=_default_methods)
     pretrain_seed: int = 0
     pretrain: VolumePretrainConfig = Field(default_factory=VolumePretrainConfig)
@@ -236,8 +244,23 @@ def _pretrain(
     run_pretrain_volume(pre)
     if not method.local:  # publish the global stage for a "+ local" method to reuse
         twin = root / "pretrain" / f"global-{method.global_loss}_{settings_hash(global_key)}"
-        if not twin.exists():
-            shutil.copytree(out / "global", twin / "global")
+        try:
+            if not twin.exists():
+                shutil.copytree(out / "global", twin / "global")
+        except FileExistsError:  # a method with the same loss, run beside this one, was first
+            pass
+    return weights
+
+
+def _pretrain_all(cfg: FewLabelEvalConfig, data: _Data, root: Path) -> dict[str, Path | None]:
+    """Pretrained weights of every method: the global-only methods first (side by side when
+    ``cfg.jobs > 1``), then the "+ local" ones, which start from the global stage of their loss
+    that the first group has published."""
+    weights: dict[str, Path | None] = {}
+    for local in (False, True):
+        group = [m for m in cfg.methods if m.local == local]
+        found = run_tasks(_pretrain, [(cfg, m, data, root) for m in group], jobs=cfg.jobs)
+        weights.update({m.name: w for m, w in zip(group, found, strict=True)})
     return weights
 
 
@@ -338,28 +361,32 @@ def run_few_label_eval(
             cfg.labelled,
         )
     tic = time.perf_counter()
-    rows: list[RunRow] = []
-    weights = {method.name: _pretrain(cfg, method, data, root) for method in cfg.methods}
+    weights = _pretrain_all(cfg, data, root)
     # fewest labels first, all methods of a seed together: an interrupted run has left
     # complete paired comparisons for the smallest counts (finished runs are reused on re-run)
+    tasks: list[tuple[Any, ...]] = []
     for n in cfg.labelled:
         for seed in cfg.seeds_for(n):
             ids = labelled_subset(data.pool, n, seed)
             for method in cfg.methods:
-                row = _finetune(cfg, method.name, n, seed, ids, weights[method.name], data, root)
-                log.info(
-                    "%s | n=%d | seed %d: mean Dice %.3f (%d steps)",
-                    method.name,
-                    n,
-                    seed,
-                    row.mean_dice,
-                    row.steps,
-                )
-                rows.append(row)
+                tasks.append((cfg, method.name, n, seed, ids, weights[method.name], data, root))
     if cfg.benchmark:
         n_all = len(data.pool)
-        for seed in cfg.seeds:
-            rows.append(_finetune(cfg, BENCHMARK, n_all, seed, list(data.pool), None, data, root))
+        tasks += [
+            (cfg, BENCHMARK, n_all, seed, list(data.pool), None, data, root) for seed in cfg.seeds
+        ]
+
+    def done(_: int, row: RunRow) -> None:
+        log.info(
+            "%s | n=%d | seed %d: mean Dice %.3f (%d steps)",
+            row.method,
+            row.labelled,
+            row.seed,
+            row.mean_dice,
+            row.steps,
+        )
+
+    rows = run_tasks(_finetune, tasks, jobs=cfg.jobs, on_done=done)
     minutes = (time.perf_counter() - tic) / 60
     names = list(cfg.dataset.classes)
     tables = results_tables(rows, [m.name for m in cfg.methods], cfg.labelled, names)
@@ -592,7 +619,10 @@ def plot_pretrain_curves(pretrain_root: Path, path: Path) -> None:
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
-        ax.legend(fontsize=7)
+        if ax.lines:
+            ax.legend(fontsize=7)
+        else:  # no method with a local stage
+            ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

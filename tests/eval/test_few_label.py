@@ -130,6 +130,41 @@ def test_rerun_reuses_and_a_changed_setting_starts_new_runs(
     assert "(seeds [0]; 1 labelled: [0, 3]): 2 of 2 fine-tuning runs" in readme.read_text()
 
 
+@pytest.mark.slow
+def test_jobs_run_side_by_side_and_reuse_the_same_runs(
+    protocol: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    root, out, readme = protocol
+    # two jobs, the same settings: every run reused (run folders do not depend on jobs)
+    assert main([*_args(root, out), "--set", "jobs=2", "--readme", str(readme)]) == 0
+    assert "0 of 14 fine-tuning runs computed by this invocation" in readme.read_text()
+    # fresh pretraining and fine-tuning in two spawned workers
+    fresh, readme2 = tmp_path / "fresh", tmp_path / "README.md"
+    readme2.write_text(MARKERS)
+    methods = "methods=[{name: random init, global_loss: none}, {name: GD-, global_loss: gd-}]"
+    extra = (
+        "--set",
+        "jobs=2",
+        "--set",
+        methods,
+        "--set",
+        "labelled=[1]",
+        "--set",
+        "benchmark=false",
+    )
+    assert main([*_args(root, fresh, *extra), "--readme", str(readme2)]) == 0
+    assert "4 of 4 fine-tuning runs computed by this invocation" in readme2.read_text()
+    rows = list(csv.DictReader((fresh / "results.csv").open()))
+    assert [(r["method"], r["seed"]) for r in rows] == [
+        ("random init", "0"),
+        ("GD-", "0"),
+        ("random init", "1"),
+        ("GD-", "1"),
+    ]  # in task order, whichever worker finished first
+    assert all(0.0 <= float(r["mean_dice"]) <= 1.0 for r in rows)
+    assert len(list((fresh / "pretrain").glob("GD-_*/pretrained.pt"))) == 1
+
+
 def test_seeds_by_count_overrides_seeds_for_its_counts() -> None:
     cfg = FewLabelEvalConfig(seeds=[0, 1, 2], labelled=[1, 2, 8], seeds_by_count={1: [0, 1, 2, 3]})
     assert cfg.seeds_for(1) == [0, 1, 2, 3]
