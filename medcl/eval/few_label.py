@@ -17,6 +17,8 @@ curves), ``finetune/<method>/n<N>_seed<S>_<hash>/`` (one :func:`run_finetune_seg
 ``results.csv`` (one row per run with Dice and HD95 per structure), ``results.md`` (the tables),
 ``pretrain_curves.png`` and ``results.png``. Folder names carry a hash of the settings that
 change their output, so a changed setting never reuses a stale run; finished runs are skipped.
+``jobs`` runs that many stages or runs at once, each in its own process with its share of the
+cores (:mod:`medcl.engine.runs`); it does not enter any folder name.
 """
 
 from __future__ import annotations
