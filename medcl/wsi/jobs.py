@@ -180,11 +180,12 @@ def _check_fingerprint(cfg: TileJobConfig, out: Path) -> None:
         )
     version = tiling_version(out)
     if version != TILING_VERSION and any((out / "patches").glob("*.h5")):
+        which = "an older" if version < TILING_VERSION else "a newer"
         raise InvalidInputError(
             out,
-            f"this folder was tiled by an older medcl (tiling version {version}, now "
-            f"{TILING_VERSION}: thumbnails read at exact level pixels, so tissue masks may "
-            "differ); use another --out (or job name) or delete the folder",
+            f"this folder was tiled by {which} medcl (tiling version {version}, now "
+            f"{TILING_VERSION}; version 2 reads thumbnails at exact level pixels), so its tissue "
+            "masks may differ; use another --out (or job name) or delete the folder",
         )
 
 

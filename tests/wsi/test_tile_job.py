@@ -152,6 +152,9 @@ def test_job_folder_name_and_settings_guard(slide_dir: Path, tmp_path: Path) -> 
     (out / "tiling.json").unlink()
     with pytest.raises(InvalidInputError, match=r"tiled by an older medcl \(tiling version 1, now"):
         run_tile_job(cfg, workspace=tmp_path / "ws", progress=False)
+    (out / "tiling.json").write_text('{"tiling_version": 99}')
+    with pytest.raises(InvalidInputError, match=r"tiled by a newer medcl \(tiling version 99"):
+        run_tile_job(cfg, workspace=tmp_path / "ws", progress=False)
     (out / "tiling.json").write_text("{}")
     with pytest.raises(InvalidInputError, match=r"tiling\.json: unreadable tiling version"):
         run_tile_job(cfg, workspace=tmp_path / "ws", progress=False)
