@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from medcl.cli import main
+from medcl.cli import build_parser, main
 
 
 def test_help_lists_commands(capsys: pytest.CaptureFixture[str]) -> None:
@@ -53,3 +54,25 @@ def test_wrong_type_in_set_override(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["data", "inspect", str(tmp_path), "--set", "max_size=big"]) == 2
     err = capsys.readouterr().err
     assert "--set max_size=big" in err and "max_size" in err
+
+
+def _all_parsers(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> list[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    out = [(path, parser)]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                out += _all_parsers(child, (*path, name))
+    return out
+
+
+def test_every_help_text_reads_as_plain_text() -> None:
+    # argparse %-formats argument help but not descriptions: a "%%" written for one shows up
+    # doubled in the other
+    parsers = _all_parsers(build_parser())
+    assert len(parsers) > 20
+    for path, parser in parsers:
+        text = parser.format_help()
+        assert "%%" not in text, f"medcl {' '.join(path)} --help shows '%%'"
+        assert "%(" not in text, f"medcl {' '.join(path)} --help shows a raw placeholder"

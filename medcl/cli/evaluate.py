@@ -48,7 +48,7 @@ def add_parser(sub: Any) -> None:
         description=(
             "Pretrain each method on the non-test patients, fine-tune with N labelled volumes "
             "per seed (steps chosen on the validation patients), and report Dice per structure "
-            "on the test patients with 95%% intervals. Finished runs are skipped on a re-run."
+            "on the test patients with 95% intervals. Finished runs are skipped on a re-run."
         ),
     )
     add_evaluation_args(fl, "few-label")
