@@ -6,6 +6,10 @@ time of one two-thread run. This is not data parallelism (one training over seve
 :mod:`medcl.engine.distributed`, i.e. ``torchrun``); each task here is a whole run that writes its
 own folder.
 
+Tasks may wait for others (``after``): a fine-tuning run for the pretraining it starts from. A
+free worker takes the first task, in the given order, whose prerequisites have finished, so a
+worker is never idle while a task is ready.
+
 Workers are *spawned* (fresh interpreters, no forked torch state); each sets its torch threads to
 ``threads`` and logs at the parent's level. Results come back in task order; the first task that
 fails cancels the ones not yet started and is raised once the running ones have finished.
@@ -16,7 +20,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from typing import Any, TypeVar
 
@@ -43,12 +47,26 @@ def _init_worker(threads: int, level: int) -> None:
     setup_logging(0 if level >= logging.WARNING else 1 if level >= logging.INFO else 2)
 
 
+def _check_after(after: Sequence[Iterable[int]] | None, n: int) -> list[set[int]]:
+    if after is None:
+        return [set() for _ in range(n)]
+    if len(after) != n:
+        raise ValueError(f"after names prerequisites for {len(after)} tasks, there are {n}")
+    out = [set(deps) for deps in after]
+    for i, deps in enumerate(out):
+        wrong = sorted(d for d in deps if not 0 <= d < i)
+        if wrong:  # earlier tasks only: the order is then a valid order to run them one by one
+            raise ValueError(f"task {i} waits for {wrong}: prerequisites must be earlier tasks")
+    return out
+
+
 def run_tasks(
     fn: Callable[..., T],
     tasks: Sequence[tuple[Any, ...]],
     *,
     jobs: int = 1,
     on_done: Callable[[int, T], None] | None = None,
+    after: Sequence[Iterable[int]] | None = None,
 ) -> list[T]:
     """``fn(*task)`` for every task, ``jobs`` at a time; results in the order of ``tasks``.
 
@@ -57,9 +75,14 @@ def run_tasks(
         tasks: the argument tuples (picklable).
         jobs: processes at once; 1 runs every task here, in this process, in order.
         on_done: called in this process with ``(index, result)`` as each task finishes.
+        after: for each task, the indices of earlier tasks that must finish before it starts.
+
+    Raises:
+        ValueError: ``jobs < 1``, or ``after`` names a task that is not an earlier one.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
+    needs = _check_after(after, len(tasks))
     results: dict[int, T] = {}
     if jobs == 1 or len(tasks) <= 1:
         for i, task in enumerate(tasks):
@@ -72,10 +95,18 @@ def run_tasks(
     log.info("%d runs, %d at a time, %d torch thread(s) each", len(tasks), workers, threads)
     context = multiprocessing.get_context("spawn")
     level = logging.getLogger().getEffectiveLevel()
+    waiting = list(range(len(tasks)))
+    pending: dict[Future[T], int] = {}
+    failure: BaseException | None = None
     with ProcessPoolExecutor(workers, context, _init_worker, (threads, level)) as pool:
-        pending: dict[Future[T], int] = {pool.submit(fn, *task): i for i, task in enumerate(tasks)}
-        failure: BaseException | None = None
-        while pending and failure is None:
+        while failure is None and (waiting or pending):
+            # fill the free workers with the first ready tasks, in order
+            for i in list(waiting):
+                if len(pending) >= workers:
+                    break
+                if needs[i] <= results.keys():
+                    waiting.remove(i)
+                    pending[pool.submit(fn, *tasks[i])] = i
             done, _ = wait(pending, return_when="FIRST_COMPLETED")
             for future in done:
                 i = pending.pop(future)
@@ -86,8 +117,6 @@ def run_tasks(
                 if on_done is not None:
                     on_done(i, results[i])
         if failure is not None:
-            for future in pending:
-                future.cancel()
-            pool.shutdown(wait=True)
+            pool.shutdown(wait=True)  # the running tasks finish; no other task starts
             raise failure
     return [results[i] for i in range(len(tasks))]

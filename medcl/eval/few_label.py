@@ -217,9 +217,11 @@ class _Data:
         return _frames_of(self.by_patient, ids, self.cfg.labelled_frames, labelled=True)
 
 
-def _pretrain(
+def _pretrain_plan(
     cfg: FewLabelEvalConfig, method: MethodConfig, data: _Data, root: Path
-) -> Path | None:
+) -> tuple[VolumePretrainConfig, Path, Path] | None:
+    """The pretraining config of ``method``, its folder, and the folder where the global stage
+    of its loss and settings is published for "+ local" methods; None without pretraining."""
     if method.global_loss == "none" and not method.local:
         return None
     pre = cfg.pretrain.model_copy(deep=True)
@@ -233,19 +235,28 @@ def _pretrain(
     key = pre.model_dump(mode="json", exclude=exclude)
     global_key = {**key, "local_stage": None}
     out = root / "pretrain" / f"{slug(method.name)}_{settings_hash(key)}"
+    twin = root / "pretrain" / f"global-{method.global_loss}_{settings_hash(global_key)}"
+    return pre, out, twin
+
+
+def _pretrain(
+    cfg: FewLabelEvalConfig, method: MethodConfig, data: _Data, root: Path
+) -> Path | None:
+    plan = _pretrain_plan(cfg, method, data, root)
+    if plan is None:
+        return None
+    pre, out, twin = plan
     weights = out / "pretrained.pt"
     if weights.is_file():
         return weights
-    if method.local:  # reuse the global stage of the same loss and settings when present
-        twin = root / "pretrain" / f"global-{method.global_loss}_{settings_hash(global_key)}"
-        if (twin / "global").is_dir() and not (out / "global").exists():
-            shutil.copytree(twin / "global", out / "global")
+    # a "+ local" method reuses the global stage of the same loss and settings when present
+    if method.local and (twin / "global").is_dir() and not (out / "global").exists():
+        shutil.copytree(twin / "global", out / "global")
     pre.name = f"{method.name} ({cfg.name})"
     pre.out_dir = out
     log.info("pretraining %s on %d volumes", method.name, len(pre.data.volumes))
     run_pretrain_volume(pre)
     if not method.local:  # publish the global stage for a "+ local" method to reuse
-        twin = root / "pretrain" / f"global-{method.global_loss}_{settings_hash(global_key)}"
         try:
             if not twin.exists():
                 shutil.copytree(out / "global", twin / "global")
@@ -254,16 +265,43 @@ def _pretrain(
     return weights
 
 
-def _pretrain_all(cfg: FewLabelEvalConfig, data: _Data, root: Path) -> dict[str, Path | None]:
-    """Pretrained weights of every method: the global-only methods first (side by side when
-    ``cfg.jobs > 1``), then the "+ local" ones, which start from the global stage of their loss
-    that the first group has published."""
+def _schedule_pretraining(
+    cfg: FewLabelEvalConfig, data: _Data, root: Path
+) -> tuple[dict[str, Path | None], list[tuple[Any, ...]], list[list[int]], dict[str, int]]:
+    """Weights of every method, and the pretraining tasks still to run.
+
+    Returns ``(weights, tasks, after, task_of)``: the global-only methods' tasks come first,
+    then the "+ local" ones, each waiting for the global-only method of its loss (whose global
+    stage it reuses); ``task_of`` maps a method to the index of its task. Methods whose weights
+    are already there get no task.
+    """
     weights: dict[str, Path | None] = {}
+    tasks: list[tuple[Any, ...]] = []
+    after: list[list[int]] = []
+    task_of: dict[str, int] = {}
     for local in (False, True):
-        group = [m for m in cfg.methods if m.local == local]
-        found = run_tasks(_pretrain, [(cfg, m, data, root) for m in group], jobs=cfg.jobs)
-        weights.update({m.name: w for m, w in zip(group, found, strict=True)})
-    return weights
+        for method in (m for m in cfg.methods if m.local == local):
+            plan = _pretrain_plan(cfg, method, data, root)
+            weights[method.name] = None if plan is None else plan[1] / "pretrained.pt"
+            if plan is None or plan[1].joinpath("pretrained.pt").is_file():
+                continue
+            twins = [
+                task_of[m.name]
+                for m in cfg.methods
+                if local
+                and not m.local
+                and m.global_loss == method.global_loss
+                and m.name in task_of
+            ]
+            task_of[method.name] = len(tasks)
+            tasks.append(("pretrain", cfg, method, data, root))
+            after.append(twins[:1])
+    return weights, tasks, after, task_of
+
+
+def _task(kind: str, *args: Any) -> Any:
+    """One task of the protocol, in a worker or here: ``"pretrain"`` or ``"finetune"``."""
+    return _pretrain(*args) if kind == "pretrain" else _finetune(*args)
 
 
 def _finetune(
@@ -363,22 +401,32 @@ def run_few_label_eval(
             cfg.labelled,
         )
     tic = time.perf_counter()
-    weights = _pretrain_all(cfg, data, root)
+    weights, tasks, after, task_of = _schedule_pretraining(cfg, data, root)
+    first_run = len(tasks)
     # fewest labels first, all methods of a seed together: an interrupted run has left
-    # complete paired comparisons for the smallest counts (finished runs are reused on re-run)
-    tasks: list[tuple[Any, ...]] = []
+    # complete paired comparisons for the smallest counts (finished runs are reused on re-run).
+    # A run waits only for its own method's pretraining: random init and the benchmark start
+    # on a free worker while pretraining stages still run.
     for n in cfg.labelled:
         for seed in cfg.seeds_for(n):
             ids = labelled_subset(data.pool, n, seed)
             for method in cfg.methods:
-                tasks.append((cfg, method.name, n, seed, ids, weights[method.name], data, root))
+                task = (cfg, method.name, n, seed, ids, weights[method.name], data, root)
+                tasks.append(("finetune", *task))
+                after.append([task_of[method.name]] if method.name in task_of else [])
     if cfg.benchmark:
         n_all = len(data.pool)
-        tasks += [
-            (cfg, BENCHMARK, n_all, seed, list(data.pool), None, data, root) for seed in cfg.seeds
-        ]
+        for seed in cfg.seeds:
+            tasks.append(
+                ("finetune", cfg, BENCHMARK, n_all, seed, list(data.pool), None, data, root)
+            )
+            after.append([])
 
-    def done(_: int, row: RunRow) -> None:
+    def done(i: int, result: Any) -> None:
+        if i < first_run:
+            log.info("pretrained %s: %s", tasks[i][2].name, result)
+            return
+        row: RunRow = result
         log.info(
             "%s | n=%d | seed %d: mean Dice %.3f (%d steps)",
             row.method,
@@ -388,7 +436,9 @@ def run_few_label_eval(
             row.steps,
         )
 
-    rows = run_tasks(_finetune, tasks, jobs=cfg.jobs, on_done=done)
+    rows: list[RunRow] = run_tasks(_task, tasks, jobs=cfg.jobs, on_done=done, after=after)[
+        first_run:
+    ]
     minutes = (time.perf_counter() - tic) / 60
     names = list(cfg.dataset.classes)
     tables = results_tables(rows, [m.name for m in cfg.methods], cfg.labelled, names)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,6 +34,50 @@ def test_two_jobs_run_in_two_spawned_workers_with_their_share_of_threads() -> No
 def test_a_failed_task_is_raised() -> None:
     with pytest.raises(ValueError, match="invalid literal for int"):
         run_tasks(int, [("1",), ("x",), ("3",)], jobs=2)
+
+
+def _timed(seconds: float) -> tuple[float, float]:
+    start = time.time()
+    time.sleep(seconds)
+    return start, time.time()
+
+
+@pytest.mark.slow
+def test_a_free_worker_takes_the_first_ready_task_and_waits_for_prerequisites() -> None:
+    # task 2 waits for the long task 0; task 3 is ready at once: when task 1 frees its worker,
+    # task 3 (not task 2) starts there, and task 2 starts only once task 0 has finished
+    spans = run_tasks(_timed, [(1.5,), (0.1,), (0.1,), (0.1,)], jobs=2, after=[[], [], [0], []])
+    (_, end0), (_, end1), (start2, _), (start3, _) = spans
+    assert start3 < end0 and start3 >= end1
+    assert start2 >= end0
+
+
+def test_prerequisites_are_earlier_tasks() -> None:
+    order: list[int] = []
+    out = run_tasks(
+        pow, [(2, 1), (2, 2), (2, 3)], after=[[], [0], [0, 1]], on_done=lambda i, r: order.append(i)
+    )
+    assert out == [2, 4, 8] and order == [0, 1, 2]
+    with pytest.raises(ValueError, match=r"task 1 waits for \[1\]: prerequisites must be earlier"):
+        run_tasks(pow, [(2, 1), (2, 2)], jobs=2, after=[[], [1]])
+    with pytest.raises(ValueError, match=r"task 0 waits for \[2\]"):
+        run_tasks(pow, [(2, 1), (2, 2)], after=[[2], []])
+    with pytest.raises(ValueError, match="prerequisites for 1 tasks, there are 2"):
+        run_tasks(pow, [(2, 1), (2, 2)], after=[[]])
+
+
+def _sleep_then_touch(seconds: float, path: str) -> None:
+    time.sleep(seconds)
+    open(path, "w").close()
+
+
+@pytest.mark.slow
+def test_a_failed_prerequisite_is_raised_and_its_dependents_never_start(tmp_path: Path) -> None:
+    files = [str(tmp_path / f"task{i}") for i in range(4)]
+    tasks = [(0.3, files[0]), ("x", files[1]), (0.0, files[2]), (0.0, files[3])]
+    with pytest.raises(TypeError):  # time.sleep("x")
+        run_tasks(_sleep_then_touch, tasks, jobs=2, after=[[], [], [1], [0, 2]])
+    assert [os.path.exists(f) for f in files] == [True, False, False, False]
 
 
 def test_threads_per_job() -> None:

@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 
 from medcl.cli import main
-from medcl.eval.few_label import FewLabelEvalConfig, read_validation_curve
+from medcl.config import load_config
+from medcl.eval.few_label import (
+    FewLabelEvalConfig,
+    _Data,
+    _schedule_pretraining,
+    read_validation_curve,
+)
 from medcl.io.datasets.acdc import write_patient_split
 from medcl.testing.acdc import write_synthetic_acdc
 
@@ -163,6 +169,36 @@ def test_jobs_run_side_by_side_and_reuse_the_same_runs(
     ]  # in task order, whichever worker finished first
     assert all(0.0 <= float(r["mean_dice"]) <= 1.0 for r in rows)
     assert len(list((fresh / "pretrain").glob("GD-_*/pretrained.pt"))) == 1
+
+
+def test_local_methods_wait_for_the_global_stage_of_their_loss_and_cached_ones_do_not_run(
+    tmp_path: Path,
+) -> None:
+    root = _dataset(tmp_path)
+    methods = (
+        "methods=[{name: random init, global_loss: none}, {name: GR, global_loss: gr},"
+        " {name: GD-, global_loss: gd-}, {name: GD- + local, global_loss: gd-, local: true},"
+        " {name: GD + local, global_loss: gd, local: true}]"
+    )
+    cfg = load_config(FewLabelEvalConfig, SMOKE, [f"dataset.split={root / 'split.yaml'}", methods])
+    data, out = _Data(cfg, root), tmp_path / "eval"
+    weights, tasks, after, task_of = _schedule_pretraining(cfg, data, out)
+    assert [t[2].name for t in tasks] == ["GR", "GD-", "GD- + local", "GD + local"]
+    # GD- + local reuses GD-'s global stage; GD + local has no global-only twin and runs its own
+    assert after == [[], [], [1], []]
+    assert task_of == {"GR": 0, "GD-": 1, "GD- + local": 2, "GD + local": 3}
+    assert weights["random init"] is None
+    assert {w.parent.parent for w in weights.values() if w is not None} == {out / "pretrain"}
+    assert len({w for w in weights.values() if w is not None}) == 4
+    # finished pretraining is not scheduled again, and nothing waits for it
+    gdm = weights["GD-"]
+    assert gdm is not None
+    gdm.parent.mkdir(parents=True)
+    gdm.write_bytes(b"")
+    weights2, tasks2, after2, task_of2 = _schedule_pretraining(cfg, data, out)
+    assert weights2 == weights
+    assert [t[2].name for t in tasks2] == ["GR", "GD- + local", "GD + local"]
+    assert after2 == [[], [], []] and "GD-" not in task_of2
 
 
 def test_seeds_by_count_overrides_seeds_for_its_counts() -> None:
