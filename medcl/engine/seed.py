@@ -42,14 +42,23 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def worker_init_fn(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: seed NumPy and ``random`` from torch's per-worker seed.
+    """DataLoader ``worker_init_fn``: seed NumPy, ``random`` and the dataset's own transforms
+    from torch's per-worker seed.
 
     torch already gives each worker ``base_seed + worker_id``; without this, every worker would
-    share the NumPy state forked from the parent and draw the same augmentations.
+    share the NumPy state forked from the parent and draw the same augmentations. A dataset with
+    a ``set_random_state(seed)`` method (transforms with a generator of their own, as MONAI's)
+    is reseeded with the worker's seed too.
     """
     seed = torch.initial_seed() % _MAX_SEED
     np.random.seed(seed)
     random.seed(seed)
+    from torch.utils.data import get_worker_info
+
+    info = get_worker_info()
+    reseed = getattr(info.dataset, "set_random_state", None) if info is not None else None
+    if reseed is not None:
+        reseed(seed)
     logger.debug("worker %d seeded with %d", worker_id, seed)
 
 

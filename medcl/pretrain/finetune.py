@@ -338,6 +338,8 @@ def run_finetune_seg(
             log.info("training on %d labelled slices of %d volumes", len(slices), len(train_vols))
             modality = train_vols[0].modality
             dataset = LabelledSliceDataset(train_vols, slices, _transform(cfg, modality))
+            # the same seed, the same augmentations (workers are reseeded by worker_init_fn)
+            dataset.set_random_state(cfg.train.seed + info.rank)
             generator = torch.Generator().manual_seed(cfg.train.seed + info.rank)
             sampler = RandomSampler(
                 dataset, replacement=True, num_samples=cfg.batch_size * 10_000, generator=generator

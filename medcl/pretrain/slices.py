@@ -334,6 +334,22 @@ def _stem(path: str) -> str:
     return name
 
 
+def _seed_transforms(transforms: Sequence[object], seed: int) -> None:
+    """Seed each transform that has ``set_random_state`` with its own seed derived from ``seed``.
+
+    MONAI's random transforms draw from a generator of their own, created unseeded when MONAI is
+    imported: without this, two runs with the same seed augment differently, and every
+    DataLoader worker inherits the same generator state, so the workers draw the same
+    augmentations.
+    """
+    rng = np.random.RandomState(seed % 2**32)
+    for transform in transforms:
+        sub = int(rng.randint(0, 2**31 - 1))
+        setter = getattr(transform, "set_random_state", None)
+        if setter is not None:
+            setter(seed=sub)
+
+
 class SliceViewsDataset(Dataset[dict[str, torch.Tensor]]):
     """Slices of prepared volumes with two augmented views, for contrastive pretraining.
 
@@ -345,6 +361,8 @@ class SliceViewsDataset(Dataset[dict[str, torch.Tensor]]):
         views: ``{"ct": TwoViews, "mr": TwoViews}``: each slice uses its volume's modality.
 
     Item ``i`` is ``{"view1": (1, H, W), "view2": (1, H, W), "volume": (), "partition": ()}``.
+    :meth:`set_random_state` seeds the views (DataLoader workers are reseeded each by
+    :func:`medcl.engine.seed.worker_init_fn`).
     """
 
     def __init__(
@@ -363,6 +381,10 @@ class SliceViewsDataset(Dataset[dict[str, torch.Tensor]]):
         self.slice_of = slice_of
         self.partition_of = partition_of
         self.views = views
+
+    def set_random_state(self, seed: int) -> None:
+        """Seed the view transforms (MONAI's draw from their own generator, not NumPy's)."""
+        _seed_transforms(list(self.views.values()), seed)
 
     def __len__(self) -> int:
         return len(self.volume_of)
@@ -383,7 +405,9 @@ class SliceViewsDataset(Dataset[dict[str, torch.Tensor]]):
 class LabelledSliceDataset(Dataset[dict[str, torch.Tensor]]):
     """Labelled slices ``(volume index, z)`` with an optional dictionary transform.
 
-    Returns ``{"image": (1, H, W) float, "label": (1, H, W) int64}``.
+    Returns ``{"image": (1, H, W) float, "label": (1, H, W) int64}``. :meth:`set_random_state`
+    seeds the transform (DataLoader workers are reseeded each by
+    :func:`medcl.engine.seed.worker_init_fn`).
     """
 
     def __init__(
@@ -398,6 +422,10 @@ class LabelledSliceDataset(Dataset[dict[str, torch.Tensor]]):
         self.volumes = list(volumes)
         self.slices = list(slices)
         self.transform = transform
+
+    def set_random_state(self, seed: int) -> None:
+        """Seed the transform (MONAI's draw from their own generator, not NumPy's)."""
+        _seed_transforms([self.transform], seed)
 
     def __len__(self) -> int:
         return len(self.slices)

@@ -20,8 +20,10 @@ Intensity defaults per modality (``MODALITY_DEFAULTS``), each step applied with 
   up to 0.1).
 
 Reproducibility: every builder returns a ``monai.transforms.Compose``, and :class:`TwoViews` has
-``set_random_state(seed)``; the same seed gives the same views. MONAI's ``DataLoader`` reseeds
-them per worker.
+``set_random_state(seed)``; the same seed gives the same views. MONAI's random transforms draw
+from a generator of their own, created unseeded at import, so a training must seed them (the
+slice datasets' ``set_random_state``; :func:`medcl.engine.seed.worker_init_fn` reseeds them in
+each DataLoader worker).
 """
 
 from __future__ import annotations

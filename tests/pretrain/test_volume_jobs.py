@@ -204,3 +204,28 @@ def test_pretrain_volume_under_torchrun_two_processes(volumes: Path, tmp_path: P
     assert weights["meta"]["method"] == "gd-+local"
     rows = (out / "global" / "metrics.csv").read_text().splitlines()
     assert int(rows[-1].split(",")[0]) == 6
+
+
+@pytest.mark.slow
+def test_finetune_with_the_same_seed_trains_the_same_weights(volumes: Path, tmp_path: Path) -> None:
+    # augmentations included: MONAI's transforms are seeded from train.seed
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out in outs:
+        args = [
+            "finetune",
+            "seg",
+            "--config",
+            str(SMOKE / "finetune_seg.yaml"),
+            "--data-root",
+            str(volumes),
+            "--init",
+            "random",
+            "--out",
+            str(out),
+        ]
+        assert main(args) == 0
+    a, b = (torch.load(out / "model.pt", weights_only=True)["state_dict"] for out in outs)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    scores = [json.loads((out / "metrics.json").read_text())["mean_dice"] for out in outs]
+    assert scores[0] == scores[1]
