@@ -124,6 +124,11 @@ class FinetuneSegConfig(StrictModel):
         default=(0.8, 1.0), description="crop-and-resize side fractions of the augmentation"
     )
     lr_schedule: Literal["cosine", "constant"] = "cosine"
+    channels_last: bool = Field(
+        default=True,
+        description="train in channels-last memory layout (the same model, other rounding; "
+        "about 20% less time per step on CPU: benchmarks/finetune_step.py)",
+    )
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=300))
     save_predictions: bool = True
@@ -166,13 +171,17 @@ def choose_train_slices(volumes: list[PreparedVolume], n: int | None) -> list[tu
 
 
 class _SegStep:
-    def __init__(self) -> None:
+    """Dice + cross entropy of a batch ``{"image": (B, 1, H, W), "label": (B, 1, H, W)}``."""
+
+    def __init__(self, *, channels_last: bool = False) -> None:
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __call__(
         self, model: nn.Module, batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, Metrics]:
-        return self.loss(model(batch["image"]), batch["label"]), {}
+        image = batch["image"].contiguous(memory_format=self.memory_format)
+        return self.loss(model(image), batch["label"]), {}
 
 
 @torch.no_grad()
@@ -357,6 +366,8 @@ def run_finetune_seg(
             if cfg.init != "random":
                 provenance = load_unet_weights(model, Path(cfg.init), cfg.init_parts)
                 log.info("initialised %s from %s", cfg.init_parts, cfg.init)
+            if cfg.channels_last:
+                model.to(memory_format=torch.channels_last)
             val_vols = load_volumes(
                 d,
                 d.val,
@@ -385,7 +396,7 @@ def run_finetune_seg(
             summary = Trainer(
                 model,
                 optimizer,
-                _SegStep(),
+                _SegStep(channels_last=cfg.channels_last),
                 loader,
                 cfg.train,
                 out_dir / "train",
