@@ -73,25 +73,20 @@ def test_rerun_resumes_and_keeps_weights(pretrained: Path, volumes: Path) -> Non
         torch.testing.assert_close(before[key], after[key], rtol=0, atol=0)
 
 
+def _finetune_args(volumes: Path, init: str, out: Path) -> list[str]:
+    """``medcl finetune seg`` on the smoke config."""
+    config = str(SMOKE / "finetune_seg.yaml")
+    data = ["--data-root", str(volumes)]
+    return ["finetune", "seg", "--config", config, *data, "--init", init, "--out", str(out)]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("init", ["random", "pretrained"])
 def test_finetune_predicts_masks_on_the_input_grid(
     init: str, pretrained: Path, volumes: Path, tmp_path: Path
 ) -> None:
     init_arg = str(pretrained / "pretrained.pt") if init == "pretrained" else "random"
-    args = [
-        "finetune",
-        "seg",
-        "--config",
-        str(SMOKE / "finetune_seg.yaml"),
-        "--data-root",
-        str(volumes),
-        "--init",
-        init_arg,
-        "--out",
-        str(tmp_path),
-    ]
-    assert main(args) == 0
+    assert main(_finetune_args(volumes, init_arg, tmp_path)) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert 0.0 <= metrics["mean_dice"] <= 1.0
     assert [v["volume"] for v in metrics["volumes"]] == ["v1", "v0"]
@@ -211,19 +206,7 @@ def test_finetune_with_the_same_seed_trains_the_same_weights(volumes: Path, tmp_
     # augmentations included: MONAI's transforms are seeded from train.seed
     outs = [tmp_path / "a", tmp_path / "b"]
     for out in outs:
-        args = [
-            "finetune",
-            "seg",
-            "--config",
-            str(SMOKE / "finetune_seg.yaml"),
-            "--data-root",
-            str(volumes),
-            "--init",
-            "random",
-            "--out",
-            str(out),
-        ]
-        assert main(args) == 0
+        assert main(_finetune_args(volumes, "random", out)) == 0
     a, b = (torch.load(out / "model.pt", weights_only=True)["state_dict"] for out in outs)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
