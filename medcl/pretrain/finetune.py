@@ -127,7 +127,7 @@ class FinetuneSegConfig(StrictModel):
     channels_last: bool = Field(
         default=True,
         description="train in channels-last memory layout (the same model, other rounding; "
-        "about 20% less time per step on CPU: benchmarks/finetune_step.py)",
+        "faster convolutions on CPU: benchmarks/finetune_step.py)",
     )
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=300))
