@@ -39,7 +39,7 @@ from pydantic import Field, field_validator, model_validator
 from medcl.config import StrictModel, save_config
 from medcl.engine.runs import run_tasks
 from medcl.errors import ConfigError, InvalidInputError
-from medcl.eval.tables import mean_interval, paired_interval, update_readme
+from medcl.eval.tables import check_readme, mean_interval, paired_interval, update_readme
 from medcl.eval.volume_ssl import MethodConfig
 from medcl.io.datasets.acdc import AcdcFrame, find_acdc, load_patient_split, patients
 from medcl.pretrain.finetune import FinetuneSegConfig, run_finetune_seg
@@ -371,6 +371,8 @@ def run_few_label_eval(
     """Run every (method, labelled count, seed) and the benchmark; returns rows and tables."""
     if not cfg.methods:
         raise ConfigError("methods", None, "no methods to compare")
+    if readme is not None:  # before hours of training, not after
+        check_readme(readme, (README_START, README_END))
     root = (
         Path(cfg.out_dir)
         if cfg.out_dir

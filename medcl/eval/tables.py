@@ -65,6 +65,22 @@ def mean_half_width(
     return float(x.mean()), float(half)
 
 
+def check_readme(readme: Path, markers: tuple[str, str]) -> None:
+    """Fail before any work when ``readme`` cannot take the table: missing, or without ``markers``.
+
+    Raises:
+        InvalidInputError: naming the file and what is wrong with it.
+    """
+    from medcl.errors import InvalidInputError
+
+    if not readme.is_file():
+        raise InvalidInputError(readme, "no such file to write the results table into (--readme)")
+    text = readme.read_text(encoding="utf-8")
+    missing = [m for m in markers if m not in text]
+    if missing:
+        raise InvalidInputError(readme, f"markers not found: {' / '.join(missing)} (--readme)")
+
+
 def update_readme(readme: Path, table: str, note: str, markers: tuple[str, str]) -> None:
     """Replace the text between the README's ``markers`` with ``note`` and ``table``."""
     begin, finish = markers

@@ -293,3 +293,19 @@ def test_bad_dataset_inputs_are_one_line_errors(
     assert "Traceback" not in err
     last = err.splitlines()[-1]
     assert last.startswith("medcl: error: ") and "patient001_frame01_gt.nii.gz" in last
+
+
+def test_a_readme_that_cannot_take_the_table_fails_before_any_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = _dataset(tmp_path / "data")
+    out = tmp_path / "out"
+    missing = tmp_path / "nowhere" / "README.md"
+    assert main([*_args(root, out), "--readme", str(missing)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(missing) in err and "no such file" in err and len(err.splitlines()) == 1
+    no_markers = tmp_path / "README.md"
+    no_markers.write_text("# a README without the table's markers\n")
+    assert main([*_args(root, out), "--readme", str(no_markers)]) == 2
+    assert "markers not found" in capsys.readouterr().err
+    assert not list(out.glob("**/metrics.json"))  # nothing was trained
