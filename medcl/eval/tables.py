@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medcl.errors import InvalidInputError
+
 
 def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
     """``(mean, low, high)``: Student-t interval of the mean; ``low = high = mean`` for one value.
@@ -71,8 +73,6 @@ def check_readme(readme: Path, markers: tuple[str, str]) -> None:
     Raises:
         InvalidInputError: naming the file and what is wrong with it.
     """
-    from medcl.errors import InvalidInputError
-
     if not readme.is_file():
         raise InvalidInputError(readme, "no such file to write the results table into (--readme)")
     text = readme.read_text(encoding="utf-8")
